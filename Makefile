@@ -1,0 +1,61 @@
+# Tool-calling fine-tunes: train -> merge -> serve -> eval -> bench -> report.
+# `make help` lists the targets. Every target creates the environments it needs on first use.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Hardware profile: h100 where an NVIDIA GPU answers, else cpu (tiny local model, sample data).
+PROFILE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo h100 || echo cpu)
+METHOD  ?= qlora_opt
+RUN     ?=
+MODEL   ?= merged
+LAUNCHER ?= single
+GPUS    ?=
+NNODES  ?=
+NODE_RANK ?=
+MASTER_ADDR ?=
+BFCL    ?=
+CONC    ?=
+RATE    ?=
+ENDPOINT ?=
+METHODS ?=
+ARGS    ?=
+PYTHON  ?= python3
+export PYTHON
+
+VENV    := .venv
+EVAL_PY := $(VENV)/eval/bin/python
+# Options common to every stage, passed as Hydra overrides.
+HYDRA   := profile=$(PROFILE) $(if $(TRACKING),tracking=$(TRACKING))
+STAGE_OPTS := $(if $(RUN),--run $(RUN)) --model $(MODEL) $(if $(ENDPOINT),--endpoint $(ENDPOINT))
+LAUNCH_OPTS := launcher=$(LAUNCHER) $(if $(GPUS),launcher.gpus=$(GPUS)) $(if $(NNODES),launcher.nnodes=$(NNODES)) \
+	$(if $(NODE_RANK),launcher.node_rank=$(NODE_RANK)) $(if $(MASTER_ADDR),launcher.master_addr=$(MASTER_ADDR))
+
+.PHONY: help env env-train env-serve env-eval train merge serve stop eval bench report compare all test ui clean-envs
+
+help: ## Show this help
+	@echo "Usage: make <target> [METHOD=qlora|dora|qlora_opt] [RUN=<run_id>] [MODEL=merged|adapter|base] [PROFILE=$(PROFILE)]"
+	@echo "       any Hydra override goes in ARGS=\"axolotl.lora_r=32 data=toolace\""
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+env: env-train env-serve env-eval ## Create all three environments (train, serve, eval)
+
+env-train: ## Create the training environment (axolotl) if missing
+	@bash scripts/setup_env.sh train $(PROFILE)
+
+env-serve: ## Create the serving environment (vLLM) if missing
+	@bash scripts/setup_env.sh serve $(PROFILE)
+
+env-eval: ## Create the orchestration/eval environment (hydra, mlflow, bfcl-eval, aiohttp) if missing
+	@bash scripts/setup_env.sh eval $(PROFILE)
+
+train: env-eval env-train ## Train one method: make train METHOD=qlora_opt [LAUNCHER=ddp GPUS=8]
+	@$(EVAL_PY) scripts/train.py method=$(METHOD) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
+
+test: env ## Run the test suite (the command CI runs)
+	@$(EVAL_PY) -m pytest tests $(PYTEST_ARGS)
+
+ui: env-eval ## Open the MLflow UI on 127.0.0.1:5000 for the local store
+	@$(EVAL_PY) scripts/ui.py $(HYDRA) $(ARGS)
+
+clean-envs: ## Remove the environments (results/ is never touched)
+	rm -rf $(VENV)

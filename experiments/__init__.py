@@ -1,0 +1,1 @@
+"""Experiment repository for tool-calling LLM fine-tunes: train -> merge -> serve -> eval -> bench -> report."""

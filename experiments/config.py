@@ -1,0 +1,34 @@
+"""Compose `conf/` with Hydra's compose API (no Hydra app: no cwd change, no outputs/ folder)."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from experiments.paths import CONF_DIR, REPO_ROOT
+
+
+class ConfigError(ValueError):
+    """A composition or override problem; the message names the key or value at fault."""
+
+
+def compose(overrides: Sequence[str] = (), *, resolve: bool = True) -> DictConfig:
+    """Compose conf/config.yaml with command-line style overrides (`method=dora`, `axolotl.lora_r=8`)."""
+    os.environ.setdefault("EXPERIMENTS_ROOT", str(REPO_ROOT))
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        if resolve:
+            OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"conf/: {exc}") from None
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

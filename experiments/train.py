@@ -1,0 +1,233 @@
+"""`make train`: compose conf/ -> validated axolotl.yaml -> `axolotl train`, tracked in MLflow.
+
+Order matters: everything cheap that can reject the request (composition, unknown keys,
+Axolotl's schema, the tracking store) runs before the run folder exists and before any model
+is loaded, so a typo costs seconds and leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from experiments import envs, runs, toolace
+from experiments.axolotl_config import CombinationError, build_axolotl_config, world_size
+from experiments.config import ConfigError, compose
+from experiments.launcher import launch_command
+from experiments.procmon import PeakRSS, safetensors_numel
+from experiments.tracking import Tracker, TrackingError, check_reachable
+
+# What Axolotl does not log about the adapter, and what we want to filter/compare runs on.
+LOGGED_AXOLOTL_PARAMS = (
+    "adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "peft_use_dora",
+    "load_in_4bit", "learning_rate", "lr_scheduler", "optimizer", "micro_batch_size",
+    "gradient_accumulation_steps", "sequence_len", "sample_packing", "max_steps", "num_epochs",
+)
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message says why and where its log is."""
+
+
+def banner(cfg: DictConfig) -> str:
+    p = cfg.profile
+    return (
+        f"[train] profile={p.name} ({p.accelerator}) model={cfg.model.name} data={cfg.data.name} "
+        f"method={cfg.method.name} launcher={cfg.launcher.name} x{world_size(cfg)}"
+        + ("  -- CPU profile: tiny local model, shipped sample, a few dozen steps; scores are meaningless by design"
+           if p.accelerator == "cpu" else "")
+    )
+
+
+def validate_axolotl(ax: dict, cfg: DictConfig) -> None:
+    """Axolotl's own schema, in the train environment (it cannot be imported here)."""
+    caps = OmegaConf.to_container(cfg.profile.capabilities, resolve=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="axolotl-", delete=False) as f:
+        yaml.safe_dump(ax, f, sort_keys=False)
+    cmd = [str(envs.python("train", Path(cfg.paths.venv))), "-m", "experiments.axolotl_validate", f.name,
+           "--capabilities", json.dumps(caps), "--world-size", str(world_size(cfg))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=envs.subprocess_env())
+    Path(f.name).unlink(missing_ok=True)
+    if proc.returncode != 0:
+        msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "unknown error"
+        raise ConfigError(msg.replace(f.name, "axolotl.yaml"))
+
+
+def ensure_model(cfg: DictConfig) -> None:
+    """Build the tiny local model when the config asks for it and it is not there yet."""
+    if cfg.model.build != "tiny" or (Path(cfg.model.path) / "config.json").exists():
+        return
+    print(f"[train] building the tiny model at {cfg.model.path} (once)")
+    subprocess.run([str(envs.python("train", Path(cfg.paths.venv))), "-m", "experiments.tiny_model",
+                    "--out", str(cfg.model.path)], check=True, env=envs.subprocess_env())
+
+
+def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
+    """ToolACE rows -> data/train.jsonl in the model's native tool format + data_report.json."""
+    rows = toolace.load_raw(path=cfg.data.path, hf_id=cfg.data.hf_id, split=cfg.data.split, max_rows=cfg.data.max_rows)
+    converted, rejects = toolace.convert_rows(rows)
+    if not converted:
+        raise StageError(f"data={cfg.data.name}: none of {len(rows)} rows converted; see {data_dir / 'data_report.json'}")
+    runs.write_text_atomic(data_dir / "train.jsonl", "".join(json.dumps(r) + "\n" for r in converted))
+    reasons: dict[str, int] = {}
+    for r in rejects:
+        key = r["reason"].split(":")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    report = {"source": cfg.data.path or cfg.data.hf_id, "rows": len(rows), "converted": len(converted),
+              "rejected": len(rejects), "rejected_by_reason": reasons, "rejects": rejects[:200]}
+    runs.write_json_atomic(data_dir / "data_report.json", report)
+    print(f"[train] data: {len(converted)}/{len(rows)} rows converted, {len(rejects)} rejected"
+          + (f" ({reasons})" if reasons else ""))
+    return report
+
+
+def read_train_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarize_training(log: list[dict], *, wall_time_s: float, peak_rss_bytes: int, trainable_params: int | None) -> dict:
+    """Pure: the Trainer's log lines -> train_metrics.json."""
+    def last(key):
+        vals = [r[key] for r in log if key in r]
+        return vals[-1] if vals else None
+
+    losses = [(r["step"], r["loss"]) for r in log if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in log if "eval_loss" in r]
+    return {
+        "final_train_loss": losses[-1][1] if losses else None,
+        "first_train_loss": losses[0][1] if losses else None,
+        "final_eval_loss": evals[-1][1] if evals else None,
+        "best_eval_loss": min(v for _, v in evals) if evals else None,
+        "steps": max((r["step"] for r in log), default=0),
+        "wall_time_s": round(wall_time_s, 2),
+        "train_runtime_s": last("train_runtime"),
+        "tokens_per_s": (round(last("tokens/total") / last("train_runtime"), 2)
+                         if last("tokens/total") and last("train_runtime") else None),
+        "tokens_per_s_per_gpu_axolotl": last("tokens/train_per_sec_per_gpu"),
+        "tokens_total": last("tokens/total"),
+        "peak_rss_gib": round(peak_rss_bytes / 2**30, 3),
+        "peak_gpu_mem_gib": last("memory/max_allocated (GiB)"),
+        "trainable_params": trainable_params,
+        "loss_curve": losses,
+        "eval_loss_curve": evals,
+    }
+
+
+def _env_vars(node: DictConfig) -> dict:
+    env = node.get("env")
+    return OmegaConf.to_container(env, resolve=True) if env else {}
+
+
+def run_axolotl(cmd: list[str], env: dict, log_path: Path) -> tuple[int, float, int]:
+    """Run the launch command, teeing its output to the run's train.log."""
+    start = time.time()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        with PeakRSS(proc.pid) as mem:
+            for line in proc.stdout:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+                log.write(line)
+            rc = proc.wait()
+    return rc, time.time() - start, mem.peak_bytes
+
+
+def train(overrides: Sequence[str]) -> Path:
+    cfg = compose(overrides)
+    print(banner(cfg), flush=True)
+    results = Path(cfg.paths.results)
+
+    # 1. Everything that can reject the request, before any folder or model exists.
+    planned = results / (cfg.run.id or runs.new_run_id(cfg.method.name, cfg.model.name))
+    validate_axolotl(build_axolotl_config(cfg, run_dir=planned, dataset_path=planned / "data" / "train.jsonl",
+                                          mlflow_run_name=planned.name), cfg)
+    check_reachable(cfg.tracking.uri)
+
+    # 2. The run folder: never an existing one.
+    run_dir = runs.create_run_dir(results, cfg.run.id or None, cfg.method.name, cfg.model.name)
+    run_id = run_dir.name
+    ax = build_axolotl_config(cfg, run_dir=run_dir, dataset_path=run_dir / "data" / "train.jsonl", mlflow_run_name=run_id)
+    tracker = Tracker(cfg.tracking, run_name=f"train/{run_id}", tags={
+        "stage": "train", "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name,
+        "profile": cfg.profile.name, "launcher": cfg.launcher.name, "comparison": cfg.run.comparison,
+        "training_run": run_id})
+    runs.write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    runs.write_text_atomic(run_dir / "axolotl.yaml", yaml.safe_dump(ax, sort_keys=False))
+    cmd = launch_command(cfg.launcher, Path(cfg.paths.venv) / "train", run_dir / "axolotl.yaml")
+    runs.write_text_atomic(run_dir / "launch.sh", "#!/usr/bin/env bash\n" + shlex.join(cmd) + "\n")
+    runs.write_json_atomic(run_dir / "run.json", {
+        "run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "method": cfg.method.name, "model": cfg.model.name, "model_path": cfg.model.path,
+        "data": cfg.data.name, "profile": cfg.profile.name, "launcher": cfg.launcher.name,
+        "comparison": cfg.run.comparison, "overrides": list(overrides),
+        "mlflow": {"tracking_uri": cfg.tracking.uri, "experiment": cfg.tracking.experiment, "train_run_id": tracker.run_id},
+        "stages": {"train": "running"},
+    })
+    print(f"[train] run folder: {run_dir}", flush=True)
+
+    status = "FAILED"
+    try:
+        ensure_model(cfg)
+        data_report = prepare_data(cfg, run_dir / "data")
+        params = {"method": cfg.method.name, "model": cfg.model.name, "model_path": cfg.model.path,
+                  "data": cfg.data.name, "profile": cfg.profile.name, "launcher": cfg.launcher.name,
+                  "world_size": world_size(cfg), "train_rows": data_report["converted"],
+                  "rejected_rows": data_report["rejected"]}
+        params.update({f"cfg.{k}": ax.get(k) for k in LOGGED_AXOLOTL_PARAMS})
+        tracker.log_params(params)
+        tracker.log_artifacts([run_dir / "axolotl.yaml", run_dir / "config.yaml", run_dir / "data" / "data_report.json"])
+
+        env = envs.subprocess_env({
+            "MLFLOW_TRACKING_URI": cfg.tracking.uri, "MLFLOW_RUN_ID": tracker.run_id,
+            "MLFLOW_EXPERIMENT_NAME": cfg.tracking.experiment,
+            **_env_vars(cfg.profile), **_env_vars(cfg.launcher),
+        })
+        print(f"[train] {shlex.join(cmd)}", flush=True)
+        rc, wall, peak = run_axolotl(cmd, env, run_dir / "train.log")
+        adapter = run_dir / "adapter" / "adapter_model.safetensors"
+        metrics = summarize_training(read_train_log(run_dir / "adapter" / "train_log.jsonl"), wall_time_s=wall,
+                                     peak_rss_bytes=peak, trainable_params=safetensors_numel(adapter) if adapter.exists() else None)
+        metrics["exit_code"] = rc
+        runs.write_json_atomic(run_dir / "train_metrics.json", metrics)
+        if rc != 0 or not adapter.exists():
+            raise StageError(f"axolotl train exited {rc}" + ("" if adapter.exists() else f", no adapter at {adapter}")
+                             + f"; log: {run_dir / 'train.log'}")
+        status = "FINISHED"
+    finally:
+        runs.update_run_json(run_dir, stages={"train": "done" if status == "FINISHED" else "failed"})
+        if status == "FINISHED":
+            runs.point_latest(results, run_dir)
+        try:
+            if (run_dir / "train_metrics.json").exists():
+                m = runs.read_json(run_dir / "train_metrics.json")
+                tracker.log_metrics({f"final/{k}": v for k, v in m.items() if not isinstance(v, list)})
+                tracker.log_artifacts([run_dir / "train_metrics.json"])
+            tracker.finish(status)
+        except Exception as exc:  # the server went away mid-run: results stay in the run folder
+            print(f"[train] could not finish the MLflow run at {cfg.tracking.uri} ({exc}); the results are in "
+                  f"{run_dir}; replay them later with `make sync RUN={run_dir.name}`", file=sys.stderr)
+    print(f"[train] done: {run_dir}  (adapter: {run_dir / 'adapter'})")
+    return run_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        train(list(sys.argv[1:] if argv is None else argv))
+    except (ConfigError, CombinationError, TrackingError, runs.RunError, StageError, FileNotFoundError) as exc:
+        print(f"[train] error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Shared fixtures. Tests drive the real entry points (`make ...`) in a private results folder,
+train each method at most once per session and share one vLLM server per model kind."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VENV = REPO / ".venv"
+TRAIN_PY = VENV / "train" / "bin" / "python"
+SERVE_PY = VENV / "serve" / "bin" / "python"
+# Short trainings: enough steps for an eval, a checkpoint and a loss curve.
+SHORT_TRAIN = ["axolotl.max_steps=6", "axolotl.eval_steps=3", "axolotl.save_steps=3", "axolotl.warmup_steps=1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make(*args: str, env: dict | None = None, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run a make target of this repository; on unexpected failure show its output."""
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"make {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def hydra_args(*overrides: str) -> str:
+    return "ARGS=" + " ".join(overrides)
+
+
+@pytest.fixture(scope="session")
+def results_dir(tmp_path_factory) -> Path:
+    """Every run of the session lands here (RESULTS_DIR is read by conf/config.yaml)."""
+    path = tmp_path_factory.mktemp("results")
+    os.environ["RESULTS_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(results_dir):
+    """trained_run(method) -> run folder; each method is trained once per session, for real."""
+    cache: dict[str, Path] = {}
+
+    def get(method: str) -> Path:
+        if method not in cache:
+            run_id = f"test-{method}"
+            make("train", f"METHOD={method}", hydra_args(f"run.id={run_id}", *SHORT_TRAIN))
+            cache[method] = results_dir / run_id
+        return cache[method]
+
+    return get
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
