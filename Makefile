@@ -51,11 +51,20 @@ env-eval: ## Create the orchestration/eval environment (hydra, mlflow, bfcl-eval
 train: env-eval env-train ## Train one method: make train METHOD=qlora_opt [LAUNCHER=ddp GPUS=8]
 	@$(EVAL_PY) scripts/train.py method=$(METHOD) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
 
+merge: env-eval env-train ## Merge a run's adapter into its base model: make merge [RUN=<run_id>]
+	@$(EVAL_PY) scripts/merge.py $(if $(RUN),--run $(RUN)) $(HYDRA) $(ARGS)
+
+serve: env-eval env-serve ## Start vLLM for a run: make serve [RUN=...] [MODEL=merged|adapter|base]
+	@$(EVAL_PY) -m experiments.serving start $(if $(RUN),--run $(RUN)) --model $(MODEL) $(HYDRA) $(ARGS)
+
+stop: env-eval ## Stop the server `make serve` started (by its PID): make stop [RUN=...] [MODEL=...]
+	@$(EVAL_PY) -m experiments.serving stop $(if $(RUN),--run $(RUN)) --model $(MODEL) $(HYDRA) $(ARGS)
+
 test: env ## Run the test suite (the command CI runs)
 	@$(EVAL_PY) -m pytest tests $(PYTEST_ARGS)
 
 ui: env-eval ## Open the MLflow UI on 127.0.0.1:5000 for the local store
-	@$(EVAL_PY) scripts/ui.py $(HYDRA) $(ARGS)
+	@$(EVAL_PY) -m experiments.ui $(HYDRA) $(ARGS)
 
 clean-envs: ## Remove the environments (results/ is never touched)
 	rm -rf $(VENV)

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Merge a run's adapter into its base model (Axolotl merge-lora)")
     ap.add_argument("--run", default=None, help="run id or folder (default: results/latest)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (profile=..., tracking=...)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     try:
         cfg = compose(args.overrides)
         run_dir = runs.resolve_run(Path(cfg.paths.results), args.run)

@@ -250,3 +250,38 @@ def server_for(cfg: DictConfig, run_dir: Path, kind: str, endpoint_url: str | No
 def _first_model(base_url: str) -> str:
     with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=10) as r:
         return json.load(r)["data"][0]["id"]
+
+
+def main(argv=None) -> int:
+    """`make serve` / `make stop`: python -m experiments.serving {start,stop} [--run R] [--model K] [overrides]"""
+    import argparse
+    import sys
+
+    from experiments.config import ConfigError, compose
+
+    ap = argparse.ArgumentParser(description="Start or stop the vLLM server of a run")
+    ap.add_argument("action", choices=["start", "stop"])
+    ap.add_argument("--run", default=None, help="run id or folder (default: results/latest)")
+    ap.add_argument("--model", default="merged", help="merged | adapter | base")
+    ap.add_argument("--endpoint", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides (serve.port=8001 ...)")
+    args = ap.parse_intermixed_args(argv)
+    try:
+        cfg = compose(args.overrides)
+        run_dir = runs.resolve_run(Path(cfg.paths.results), args.run)
+        if args.action == "stop":
+            stopped = stop_server(run_dir, args.model)
+            print(f"[serve] {'stopped' if stopped else 'no server recorded for'} {run_dir.name} ({args.model})")
+            return 0
+        ep = start_server(cfg, run_dir, args.model)
+        info = runs.read_json(serve_dir(run_dir, args.model) / "endpoint.json")
+        print(f"[serve] {ep.base_url} model={ep.model} pid={ep.pid} ready in {info['startup_s']} s; "
+              f"log: {info['log']}; stop with `make stop RUN={run_dir.name} MODEL={args.model}`")
+    except (ConfigError, runs.RunError, ServeError, FileNotFoundError) as exc:
+        print(f"[serve] error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -78,6 +78,7 @@ _ROLES = {
 }
 
 # An assistant turn that starts like `[name(` is a call list and must parse; anything else is text.
+# (Names outside this pattern, e.g. with "/", are matched against the row's tool list.)
 _LOOKS_LIKE_CALLS = re.compile(r"^\s*\[\s*[A-Za-z_][\w .\-]*\(")
 _DOTTED_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -285,6 +286,17 @@ def normalize_tool(raw: Any) -> dict:
 # --------------------------------------------------------------------------- rows
 
 
+def _looks_like_calls(value: str, tool_names: Iterable[str]) -> bool:
+    """`[name(` with an identifier-like name or any listed tool name: such a turn must parse."""
+    if _LOOKS_LIKE_CALLS.match(value):
+        return True
+    head = value.lstrip()
+    if not head.startswith("["):
+        return False
+    head = head[1:].lstrip()
+    return any(head.startswith(n) and head[len(n):].lstrip().startswith("(") for n in tool_names)
+
+
 def _turns(row: dict) -> list:
     turns = row.get("conversations")
     if not isinstance(turns, list) or not turns:
@@ -307,7 +319,9 @@ def convert_row(row: dict) -> dict:
         tool = normalize_tool(raw)
         name = tool["function"]["name"]
         if name in by_raw_name.values():
-            raise RowError("bad_tool", f"two tools are named {name!r} (after making names OpenAI-valid)")
+            if tool in tools:  # the same definition listed twice: keep one
+                continue
+            raise RowError("bad_tool", f"two different tools are named {name!r} (after making names OpenAI-valid)")
         by_raw_name[raw["name"].strip()] = name
         tools.append(tool)
     properties = {t["function"]["name"]: t["function"]["parameters"].get("properties") for t in tools}
@@ -324,7 +338,7 @@ def convert_row(row: dict) -> dict:
         if not isinstance(value, str):
             raise RowError("bad_turn", f"turn {i} ({role}) has no text value")
 
-        if role == "assistant" and _LOOKS_LIKE_CALLS.match(value):
+        if role == "assistant" and _looks_like_calls(value, by_raw_name):
             try:
                 calls = parse_pythonic_calls(value, by_raw_name)
             except CallParseError as e:

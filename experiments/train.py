@@ -77,15 +77,11 @@ def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
     if not converted:
         raise StageError(f"data={cfg.data.name}: none of {len(rows)} rows converted; see {data_dir / 'data_report.json'}")
     runs.write_text_atomic(data_dir / "train.jsonl", "".join(json.dumps(r) + "\n" for r in converted))
-    reasons: dict[str, int] = {}
-    for r in rejects:
-        key = r["reason"].split(":")[0]
-        reasons[key] = reasons.get(key, 0) + 1
-    report = {"source": cfg.data.path or cfg.data.hf_id, "rows": len(rows), "converted": len(converted),
-              "rejected": len(rejects), "rejected_by_reason": reasons, "rejects": rejects[:200]}
+    report = {"source": cfg.data.path or cfg.data.hf_id, **toolace.summarize(converted, rejects),
+              "rejects": rejects[:200]}  # the first 200 with their reasons; counts cover all
     runs.write_json_atomic(data_dir / "data_report.json", report)
-    print(f"[train] data: {len(converted)}/{len(rows)} rows converted, {len(rejects)} rejected"
-          + (f" ({reasons})" if reasons else ""))
+    print(f"[train] data: {report['rows_out']}/{report['rows_in']} rows converted, {report['rejected']} rejected"
+          + (f" {report['rejected_by_kind']}" if rejects else ""))
     return report
 
 
@@ -181,7 +177,7 @@ def train(overrides: Sequence[str]) -> Path:
         data_report = prepare_data(cfg, run_dir / "data")
         params = {"method": cfg.method.name, "model": cfg.model.name, "model_path": cfg.model.path,
                   "data": cfg.data.name, "profile": cfg.profile.name, "launcher": cfg.launcher.name,
-                  "world_size": world_size(cfg), "train_rows": data_report["converted"],
+                  "world_size": world_size(cfg), "train_rows": data_report["rows_out"],
                   "rejected_rows": data_report["rejected"]}
         params.update({f"cfg.{k}": ax.get(k) for k in LOGGED_AXOLOTL_PARAMS})
         tracker.log_params(params)

@@ -62,3 +62,32 @@ def trained_run(results_dir):
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def start_server(run: Path, kind: str) -> dict:
+    """`make serve` for (run, kind) on a free port; returns endpoint.json."""
+    make("serve", f"RUN={run.name}", f"MODEL={kind}", hydra_args(f"serve.port={free_port()}"))
+    return read_json(run / "serve" / kind / "endpoint.json")
+
+
+def stop_server(run: Path, kind: str) -> None:
+    make("stop", f"RUN={run.name}", f"MODEL={kind}", check=False)
+
+
+@pytest.fixture(scope="session")
+def merged_run(trained_run) -> Path:
+    """A DoRA run merged with `make merge` (once per session)."""
+    run = trained_run("dora")
+    if not (run / "merged" / "config.json").exists():
+        make("merge", f"RUN={run.name}")
+    return run
+
+
+@pytest.fixture(scope="session")
+def merged_server(merged_run):
+    """One vLLM server on the merged tiny model for the whole session, stopped even on failure."""
+    endpoint = start_server(merged_run, "merged")
+    try:
+        yield endpoint
+    finally:
+        stop_server(merged_run, "merged")
