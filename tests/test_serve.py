@@ -53,7 +53,7 @@ def test_merged_weights_equal_base_plus_dora_delta(merged_run):
             continue
         prefix = key[len("base_model.model."):-len(".lora_A.weight")]
         a, b = adapter[key], adapter[key.replace("lora_A", "lora_B")]
-        magnitude = adapter[f"base_model.model.{prefix}.lora_magnitude_vector.weight"]
+        magnitude = adapter[f"base_model.model.{prefix}.lora_magnitude_vector"]
         # DoRA: W' = m * (W + s*BA) / ||W + s*BA|| (row norms), as in peft's merge.
         direction = base[f"{prefix}.weight"] + scaling * (b @ a)
         expected = (magnitude / direction.norm(p=2, dim=1)).unsqueeze(1) * direction
