@@ -99,9 +99,18 @@ def test_streaming_yields_chunks_and_usage(merged_server):
     assert usage and usage[-1]["completion_tokens"] > 0
 
 
-def test_named_strict_tool_comes_back_parsed(merged_server):
+def whitespace_bias(model_dir: Path) -> dict[str, int]:
+    """logit_bias that forbids pure-whitespace tokens. The constrained grammar of a named tool
+    allows any whitespace between JSON fields, and random weights happily emit it until
+    max_tokens; without it the call is complete after a few tokens."""
+    vocab = json.loads((model_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    return {str(i): -100 for tok, i in vocab.items() if tok and set(tok) <= set(" \n\t\rĠĊĉč")}
+
+
+def test_named_strict_tool_comes_back_parsed(merged_server, merged_run):
     out = post(merged_server, "/chat/completions", {
         "model": merged_server["model"], "max_tokens": 64, "temperature": 0,
+        "logit_bias": whitespace_bias(merged_run / "merged"),
         "messages": [{"role": "user", "content": "What's the weather in Paris?"}], "tools": [WEATHER_TOOL],
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
     calls = out["choices"][0]["message"]["tool_calls"]

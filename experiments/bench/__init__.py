@@ -1,0 +1,1 @@
+"""Load generator for the OpenAI-compatible server: per-request records -> metrics -> outputs."""

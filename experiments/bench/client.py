@@ -1,0 +1,240 @@
+"""aiohttp streaming client for `/v1/chat/completions`: load levels -> per-request records.
+
+Modes: closed loop (a fixed number of requests in flight, each slot sends its next request as
+soon as the previous one ends) and open loop (Poisson arrivals at a rate, no cap on requests in
+flight). Each level sends `warmup` requests first (closed loop, not recorded), then at most
+`num_requests` requests and stops issuing new ones after `duration_s`; requests in flight at
+that point finish (bounded by the per-request timeout) and are counted.
+
+Nothing here computes a statistic: see metrics.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import aiohttp
+from tqdm.auto import tqdm
+
+from experiments.bench.records import ErrorKind, RequestRecord
+
+# Any of these non-empty in a delta means the model produced output (the role chunk has none).
+TOKEN_FIELDS = ("content", "tool_calls", "reasoning_content", "reasoning")
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """One load level."""
+
+    mode: str = "closed"                 # "closed" | "open"
+    concurrency: int | None = None       # closed loop
+    rate: float | None = None            # open loop, requests/s
+    num_requests: int = 100              # cap
+    duration_s: float | None = None      # cap on the time new requests are issued
+    warmup: int = 0
+    timeout_s: float = 120.0             # per request, whole stream
+    seed: int = 0                        # Poisson arrival times
+
+    def __post_init__(self):
+        if self.mode == "closed" and not (self.concurrency and self.concurrency > 0):
+            raise ValueError("closed loop needs concurrency >= 1")
+        if self.mode == "open" and not (self.rate and self.rate > 0):
+            raise ValueError("open loop needs rate > 0")
+        if self.mode not in ("closed", "open"):
+            raise ValueError(f"mode={self.mode!r}: expected closed or open")
+
+    @property
+    def label(self) -> str:
+        return f"c{self.concurrency}" if self.mode == "closed" else f"r{self.rate:g}"
+
+
+@dataclass
+class LevelResult:
+    spec: LoadSpec
+    records: list[RequestRecord]
+    warmup_failed: int = 0
+    meta: dict = field(default_factory=dict)
+
+
+def chat_url(endpoint: str) -> str:
+    """Accepts a server root, an OpenAI base URL (…/v1) or the full chat-completions URL."""
+    endpoint = endpoint.rstrip("/")
+    if endpoint.endswith("/chat/completions"):
+        return endpoint
+    return endpoint + ("/chat/completions" if endpoint.endswith("/v1") else "/v1/chat/completions")
+
+
+def auth_headers(api_key: str | None = None, api_key_env: str | None = None) -> dict:
+    key = api_key or (os.environ.get(api_key_env) if api_key_env else None)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def encode_body(body: dict, model: str) -> bytes:
+    return json.dumps({**body, "model": model, "stream": True,
+                       "stream_options": {"include_usage": True}}).encode()
+
+
+async def stream_request(session: aiohttp.ClientSession, url: str, payload: bytes, request_id: str,
+                         *, headers: dict | None = None, timeout_s: float = 120.0,
+                         scheduled: float | None = None) -> RequestRecord:
+    """Send one streaming request; never raises: every outcome becomes a record."""
+    rec = RequestRecord(request_id=request_id, start=time.perf_counter(), scheduled=scheduled)
+    done = False
+    try:
+        async with session.post(url, data=payload, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            rec.status = resp.status
+            if resp.status != 200:
+                text = await resp.text()
+                rec.error_kind = (ErrorKind.HTTP_5XX if resp.status >= 500 else ErrorKind.HTTP_4XX).value
+                rec.error = f"HTTP {resp.status}: {text[:300]}"
+                return rec
+            buf = b""
+            async for data in resp.content.iter_any():
+                now = time.perf_counter()        # one arrival time per network read
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue                 # blank separators, SSE comments, event: lines
+                    payload_ = line[5:].strip()
+                    if payload_ == b"[DONE]":
+                        done = True
+                        continue
+                    obj = json.loads(payload_)
+                    if obj.get("error"):
+                        rec.error_kind = ErrorKind.STREAM_ERROR.value
+                        rec.error = json.dumps(obj["error"])[:300]
+                        continue
+                    choices = obj.get("choices")
+                    if choices:
+                        delta = choices[0].get("delta") or {}
+                        if any(delta.get(k) for k in TOKEN_FIELDS):
+                            if rec.first_token is None:
+                                rec.first_token = now
+                            rec.token_times.append(now)
+                    usage = obj.get("usage")
+                    if usage:
+                        rec.prompt_tokens = usage.get("prompt_tokens")
+                        rec.completion_tokens = usage.get("completion_tokens")
+        if rec.error_kind is None and not done:
+            rec.error_kind = ErrorKind.INCOMPLETE_STREAM.value
+            rec.error = "stream ended without data: [DONE]"
+        rec.success = rec.error_kind is None
+    except TimeoutError:                          # aiohttp's timeouts subclass it
+        rec.error_kind, rec.error = ErrorKind.TIMEOUT.value, f"no complete response within {timeout_s} s"
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+        rec.error_kind, rec.error = ErrorKind.CONNECTION_DROPPED.value, _msg(exc)
+    except aiohttp.ClientConnectorError as exc:
+        rec.error_kind, rec.error = ErrorKind.CONNECTION_ERROR.value, _msg(exc)
+    except aiohttp.ClientError as exc:
+        rec.error_kind, rec.error = ErrorKind.CONNECTION_DROPPED.value, _msg(exc)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        rec.error_kind, rec.error = ErrorKind.BAD_RESPONSE.value, _msg(exc)
+    except Exception as exc:  # noqa: BLE001 - a benchmark records failures, it does not die of them
+        rec.error_kind, rec.error = ErrorKind.CLIENT_ERROR.value, _msg(exc)
+    finally:
+        rec.end = time.perf_counter()
+    return rec
+
+
+def _msg(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+async def _closed(payloads, ids, concurrency, duration_s, send, on_done) -> list[RequestRecord]:
+    records: list[RequestRecord] = []
+    deadline = None if duration_s is None else time.perf_counter() + duration_s
+    it = iter(range(len(payloads)))
+
+    async def slot():
+        for i in it:                                   # shared iterator: each index taken once
+            if deadline is not None and time.perf_counter() >= deadline:
+                return
+            rec = await send(payloads[i], ids[i], None)
+            records.append(rec)
+            on_done(rec)
+
+    await asyncio.gather(*(slot() for _ in range(concurrency)))
+    return records
+
+
+async def _open(payloads, ids, rate, duration_s, seed, send, on_done) -> list[RequestRecord]:
+    rng = random.Random(seed)
+    t0 = time.perf_counter()
+    due = t0
+    tasks = []
+
+    async def one(i, when):
+        rec = await send(payloads[i], ids[i], when)
+        on_done(rec)
+        return rec
+
+    for i in range(len(payloads)):
+        due += rng.expovariate(rate)                   # Poisson process: exponential gaps
+        if duration_s is not None and due - t0 > duration_s:
+            break
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    return list(await asyncio.gather(*tasks))
+
+
+async def run_level_async(endpoint: str, model: str, bodies: Sequence[dict], spec: LoadSpec, *,
+                          headers: dict | None = None, progress: bool = True) -> LevelResult:
+    """bodies: spec.warmup warm-up bodies first, then the measured ones (reused cyclically
+    when num_requests exceeds them)."""
+    url = chat_url(endpoint)
+    warm, measured = list(bodies[: spec.warmup]), list(bodies[spec.warmup:])
+    if not measured:
+        raise ValueError("no request body left after the warm-up ones")
+    n = spec.num_requests
+    payloads = [encode_body(measured[i % len(measured)], model) for i in range(n)]
+    ids = [f"{spec.label}-{i}" for i in range(n)]
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    # Closed loop never needs more connections than slots; open loop may need any number.
+    limit = spec.concurrency if spec.mode == "closed" else 0
+    connector = aiohttp.TCPConnector(limit=limit, force_close=False, keepalive_timeout=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
+        async def send(payload, rid, scheduled):
+            return await stream_request(session, url, payload, rid, headers=hdrs,
+                                        timeout_s=spec.timeout_s, scheduled=scheduled)
+
+        warm_failed = 0
+        if warm:
+            warm_recs = await _closed([encode_body(b, model) for b in warm],
+                                      [f"warmup-{i}" for i in range(len(warm))],
+                                      min(len(warm), spec.concurrency or 1), None, send, lambda r: None)
+            warm_failed = sum(not r.success for r in warm_recs)
+
+        bar = tqdm(total=n, desc=f"bench {spec.label}", unit="req", disable=not progress, leave=False)
+        failures = 0
+
+        def on_done(rec):
+            nonlocal failures
+            failures += not rec.success
+            bar.update(1)
+            if failures:
+                bar.set_postfix(errors=failures, refresh=False)
+
+        t_start = time.time()
+        try:
+            if spec.mode == "closed":
+                records = await _closed(payloads, ids, spec.concurrency, spec.duration_s, send, on_done)
+            else:
+                records = await _open(payloads, ids, spec.rate, spec.duration_s, spec.seed, send, on_done)
+        finally:
+            bar.close()
+    records.sort(key=lambda r: r.start)
+    return LevelResult(spec=spec, records=records, warmup_failed=warm_failed,
+                       meta={"started_unix": t_start, "url": url, "model": model})
+
+
+def run_level(endpoint: str, model: str, bodies: Sequence[dict], spec: LoadSpec, **kw) -> LevelResult:
+    return asyncio.run(run_level_async(endpoint, model, bodies, spec, **kw))

@@ -1,0 +1,98 @@
+"""`make bench [RUN=...] [MODEL=...] [CONC=32 | CONC=1,4,16,32 | RATE=10] [ENDPOINT=...]`.
+
+Load-tests a run's served model with the aiohttp generator (experiments.bench) into
+results/<run>/bench/<model>/, with one MLflow run per bench tagged with its training run.
+Starts the run's vLLM server if none is up (and stops it afterwards).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments import runs, serving
+from experiments.bench import metrics
+from experiments.bench.run import run_bench
+from experiments.config import ConfigError, compose
+from experiments.tracking import Tracker, TrackingError
+
+
+
+def out_dir(run_dir: Path, kind: str) -> Path:
+    return Path(run_dir) / "bench" / kind
+
+
+def levels(cfg: DictConfig) -> tuple[str, list[int], list[float] | None]:
+    if cfg.bench.rate not in (None, "", "null"):
+        rates = cfg.bench.rate if OmegaConf.is_list(cfg.bench.rate) else [cfg.bench.rate]
+        return "open", [], [float(r) for r in rates]
+    conc = cfg.bench.concurrency
+    return "closed", [int(c) for c in (conc if OmegaConf.is_list(conc) else [conc])], None
+
+
+def is_complete(cfg: DictConfig, run_dir: Path, kind: str) -> bool:
+    mode, concs, rates = levels(cfg)
+    labels = [f"c{c}" for c in concs] if mode == "closed" else [f"r{r:g}" for r in rates]
+    out = out_dir(run_dir, kind)
+    return all((out / f"summary_{label}.json").exists() for label in labels) and (out / "sweep.csv").exists()
+
+
+def flat_level_metrics(summary: dict) -> dict[str, float]:
+    """Every number of a level summary (throughput, errors, goodput, Little's law, percentiles)."""
+    return {k: float(v) for k, v in metrics.flatten(summary).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def bench(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoint | None = None,
+          endpoint_url: str | None = None) -> list[dict]:
+    run_dir = Path(run_dir)
+    info = runs.read_json(run_dir / runs.RUN_JSON)
+    out = out_dir(run_dir, kind if not endpoint_url else "external")
+    mode, concs, rates = levels(cfg)
+    b = cfg.bench
+    tracker = Tracker(cfg.tracking, run_name=f"bench/{info['run_id']}/{kind}", tags={
+        "stage": "bench", "training_run": info["run_id"], "model_kind": kind, "workload": cfg.workload.name,
+        "method": info.get("method"), "model": info.get("model"), "profile": cfg.profile.name,
+        "comparison": info.get("comparison")})
+    with tracker:
+        tracker.log_params({"mode": mode, "concurrency": concs, "rate": rates, "num_requests": b.num_requests,
+                            "duration_s": b.duration_s, "warmup": b.warmup_requests, "workload": cfg.workload.name,
+                            "slo_ttft_ms": b.slo.ttft_ms, "slo_e2e_ms": b.slo.e2e_ms})
+        ctx = serving.server_for(cfg, run_dir, kind, endpoint_url) if endpoint is None else contextlib.nullcontext(endpoint)
+        with ctx as ep:
+            print(f"[bench] {mode} loop {concs or rates} on {ep.base_url} model={ep.model} -> {out}", flush=True)
+            summaries = run_bench(ep.base_url, ep.model, out, mode=mode, concurrencies=concs or (1,), rate=rates,
+                                  num_requests=int(b.num_requests), duration_s=float(b.duration_s),
+                                  warmup=int(b.warmup_requests), workload=cfg.workload, slo=b.slo,
+                                  seed=int(cfg.workload.seed), api_key=ep.api_key, timeout_s=float(b.request_timeout_s))
+        for s in summaries:
+            step = int(s["concurrency"] or 0) if mode == "closed" else int(round(s["rate"] * 1000))
+            tracker.log_metrics({f"bench/{k}": v for k, v in flat_level_metrics(s).items()}, step=step)
+        tracker.log_artifacts([p for p in sorted(out.glob("*")) if p.is_file()])
+    runs.update_run_json(run_dir, stages={f"bench_{kind}": "done"})
+    print(f"[bench] {out / 'sweep.md'}")
+    return summaries
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Load-test a run's served model")
+    ap.add_argument("--run", default=None)
+    ap.add_argument("--model", default="merged", help="merged | adapter | base")
+    ap.add_argument("--endpoint", default=None, help="any OpenAI-compatible base URL (…/v1)")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_intermixed_args(argv)
+    try:
+        cfg = compose(args.overrides)
+        run_dir = runs.resolve_run(Path(cfg.paths.results), args.run)
+        bench(cfg, run_dir, args.model, endpoint_url=args.endpoint)
+    except (ConfigError, runs.RunError, serving.ServeError, TrackingError, FileNotFoundError, ValueError) as exc:
+        print(f"[bench] error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The bfcl-eval side of an evaluation: one process per evaluation folder.
+
+    BFCL_PROJECT_ROOT=<out> OPENAI_BASE_URL=... OPENAI_API_KEY=... \
+        python -m experiments.bfcl.worker <out>/bfcl_job.json
+
+bfcl-eval fixes its result/score paths from BFCL_PROJECT_ROOT when first imported, so each
+evaluation folder needs its own process (experiments.bfcl.run starts it). Here we only register
+our model and call bfcl-eval's own `generate` and `evaluate` commands; everything that scores
+is bfcl-eval's. We add one observation: the leaderboard rows bfcl-eval computes (before it
+rounds them into its CSVs), captured at the call that writes each CSV.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+
+from experiments.bfcl import spec
+from experiments.bfcl.tables import IDS_FILE, META_FILE
+from experiments.runs import write_json_atomic
+
+
+def _handler_class():
+    from bfcl_eval.model_handler.api_inference.openai_completion import OpenAICompletionsHandler
+
+    class LocalChatHandler(OpenAICompletionsHandler):
+        """bfcl's chat-completions handler (tools, OPENAI_BASE_URL/OPENAI_API_KEY), with the
+        OpenAI client's retry budget and timeout set by us. The client retries connection
+        errors, 408/409/429 and 5xx with exponential backoff; bfcl itself only adds a retry on
+        429 (RateLimitError), and records any other failure as the item's answer."""
+
+        def _build_client_kwargs(self):
+            kwargs = super()._build_client_kwargs()
+            kwargs["max_retries"] = int(os.environ.get("BFCL_MAX_RETRIES", "5"))
+            kwargs["timeout"] = float(os.environ.get("BFCL_REQUEST_TIMEOUT_S", "600"))
+            return kwargs
+
+    return LocalChatHandler
+
+
+def register(key: str, served_model_name: str) -> None:
+    """Add our model to bfcl-eval's registry as a function-calling (FC) model."""
+    from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING, ModelConfig
+
+    MODEL_CONFIG_MAPPING[key] = ModelConfig(
+        model_name=served_model_name,                 # the `model` field of each request
+        display_name=f"{served_model_name} (FC)".replace(",", " "),  # bfcl joins CSV cells with ","
+        url="", org="local", license="",
+        model_handler=_handler_class(),
+        input_price=None, output_price=None,
+        is_fc_model=True,
+        underscore_to_dot=True,  # tools go out with "." -> "_" in names; the checker maps back
+    )
+
+
+@contextmanager
+def capture_leaderboard():
+    """Record the rows bfcl-eval's generate_leaderboard_csv hands to write_score_csv_file, at
+    full precision (the CSVs hold them as "12.34%"). Keys: the CSV stems (data_overall, ...)."""
+    from bfcl_eval.eval_checker import eval_runner_helper as helper
+
+    captured: dict[str, list[dict]] = {}
+    original = helper.write_score_csv_file
+
+    def recording(data, file_path, header, *args, **kwargs):
+        captured[Path(file_path).stem] = [dict(zip(header, row)) for row in copy.deepcopy(data)]
+        return original(data, file_path, header, *args, **kwargs)
+
+    helper.write_score_csv_file = recording
+    try:
+        yield captured
+    finally:
+        helper.write_score_csv_file = original
+
+
+def _plain(value):
+    """numpy scalars (bfcl's latency percentile) -> JSON numbers."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _offered_tools(entry: dict) -> list[str]:
+    """Tool names as the request carried them ("." -> "_"), held-out ones included."""
+    functions = list(entry.get("function", []))
+    for held_out in (entry.get("missed_function") or {}).values():
+        functions.extend(held_out)
+    return sorted({f["name"].replace(".", "_") for f in functions})
+
+
+def _existing_ids(result_dir: Path) -> set[str]:
+    ids = set()
+    for path in result_dir.rglob("*_result.json"):
+        for line in path.read_text().splitlines():
+            try:
+                ids.add(json.loads(line)["id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return ids
+
+
+def _clear_scores(score_root: Path, key: str) -> None:
+    # Score files are derived; stale ones (other categories) would leak into bfcl's aggregation.
+    shutil.rmtree(score_root / key, ignore_errors=True)
+    for csv in score_root.glob("data_*.csv"):
+        csv.unlink()
+
+
+def main(job_path: str) -> int:
+    job = json.loads(Path(job_path).read_text())
+    root = Path(os.environ["BFCL_PROJECT_ROOT"]).resolve()
+    key, categories, k = job["model_key"], job["categories"], job["per_category"]
+    register(key, job["served_model_name"])
+
+    from bfcl_eval.__main__ import cli
+    from bfcl_eval.utils import load_dataset_entry
+
+    entries = {c: load_dataset_entry(c) for c in categories}
+    plan = {c: spec.quick_ids(c, entries[c], k, job["seed"]) if k else [e["id"] for e in entries[c]]
+            for c in categories}
+    planned = {i for ids in plan.values() for i in ids}
+    if k:
+        # A subset is evaluated with --partial-eval, which scores whatever results exist.
+        foreign = sorted(i for i in _existing_ids(root / "result" / key)
+                         if spec.category_of(i).replace("_prereq", "") in plan and i not in planned)
+        if foreign:
+            raise SystemExit(f"{root}: holds {len(foreign)} results outside this category set "
+                             f"(e.g. {foreign[:3]}); evaluate each category set in its own folder")
+        write_json_atomic(root / IDS_FILE, plan)
+
+    common = ["--model", key]
+    generate = ["generate", *common, "--temperature", str(job["temperature"]),
+                "--num-threads", str(job["num_threads"])]
+    generate += ["--run-ids"] if k else ["--test-category", ",".join(categories)]
+    evaluate = ["evaluate", *common, "--test-category", ",".join(categories)]
+    evaluate += ["--partial-eval"] if k else []
+
+    t0 = time.monotonic()
+    cli(generate, standalone_mode=False)
+    t1 = time.monotonic()
+    _clear_scores(root / "score", key)
+    with capture_leaderboard() as leaderboard:
+        cli(evaluate, standalone_mode=False)
+    t2 = time.monotonic()
+
+    offered = {e["id"]: _offered_tools(e) for c in categories for e in entries[c]
+               if e["id"] in planned and not spec.is_prereq(e["id"])}
+    write_json_atomic(root / META_FILE, {
+        "bfcl_eval_version": version("bfcl-eval"),
+        "model_key": key,
+        "commands": {"generate": generate, "evaluate": evaluate},
+        "timings_s": {"generate": t1 - t0, "evaluate": t2 - t1},
+        "plan": plan,
+        "offered_tools": offered,
+        "leaderboard": {name: [{h: _plain(v) for h, v in row.items()} for row in rows]
+                        for name, rows in leaderboard.items()},
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

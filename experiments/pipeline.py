@@ -1,0 +1,125 @@
+"""`make all`: the whole job as one readable script.
+
+    train -> merge -> serve -> eval (BFCL) -> bench (load test) -> report -> stop the server
+
+On this machine the CPU profile runs it on the tiny local model in minutes; on an H100 the same
+code runs the real thing. Each stage is skipped when its outputs for the run already exist and
+are complete, so rerunning after an interruption resumes where it stopped. A failing stage stops
+the chain with its error and the path of its log; earlier results stay where they are.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from experiments import runs, serving
+from experiments.config import ConfigError, compose
+
+
+def _done(run_dir: Path, stage: str) -> bool:
+    info = runs.read_json(run_dir / runs.RUN_JSON)
+    return info.get("stages", {}).get(stage) == "done"
+
+
+def pick_run(cfg: DictConfig, run: str | None, fresh: bool) -> Path | None:
+    """The run to resume: RUN= if given; else the latest run if it has the same method, model
+    and profile (an interrupted `make all`); else None (train a new one)."""
+    results = Path(cfg.paths.results)
+    if run:
+        return runs.resolve_run(results, run)
+    if fresh or not (results / runs.LATEST).exists():
+        return None
+    latest = runs.resolve_run(results, None)
+    info = runs.read_json(latest / runs.RUN_JSON)
+    same = (info.get("method"), info.get("model"), info.get("profile")) == (cfg.method.name, cfg.model.name, cfg.profile.name)
+    return latest if same and info.get("stages", {}).get("train") == "done" else None
+
+
+def run_all(overrides: list[str], run: str | None = None, fresh: bool = False, kind: str = "merged") -> Path:
+    # Imported here so `make all --help` stays instant.
+    from experiments import benchmark, evaluate, merge, report, train
+
+    cfg = compose(overrides)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, fn, log_hint: str = ""):
+        start = time.time()
+        print(f"\n===== [{name}] =====", flush=True)
+        try:
+            result = fn()
+        except Exception as exc:
+            timings[name] = round(time.time() - start, 1)
+            raise PipelineError(name, exc, log_hint) from exc
+        timings[name] = round(time.time() - start, 1)
+        print(f"===== [{name}] {timings[name]} s", flush=True)
+        return result
+
+    # 1. Train (or resume the latest run of this method/model/profile).
+    run_dir = pick_run(cfg, run, fresh)
+    if run_dir is None:
+        run_dir = stage("train", lambda: train.train(overrides), "results/<run>/train.log")
+    else:
+        print(f"[all] resuming {run_dir} (train done)")
+    # 2. Merge the adapter into the base model (skipped once merged/ exists).
+    if kind == "merged" and not (run_dir / "merged" / "config.json").exists():
+        stage("merge", lambda: merge.merge(run_dir, Path(cfg.paths.venv)), str(run_dir / "merge.log"))
+        try:
+            merge.record_in_mlflow(run_dir)
+        except Exception as exc:
+            print(f"[all] warning: merge not recorded in MLflow: {exc}", file=sys.stderr)
+
+    # 3-5. Serve once for eval and bench; the server is stopped even when a stage fails.
+    need_eval = not evaluate.is_complete(cfg, run_dir, kind)
+    need_bench = not benchmark.is_complete(cfg, run_dir, kind)
+    if need_eval or need_bench:
+        log = serving.serve_dir(run_dir, kind) / "server.log"
+        with contextlib.ExitStack() as stack:  # leaving it stops a server started here
+            endpoint = stage("serve", lambda: stack.enter_context(serving.server_for(cfg, run_dir, kind)), str(log))
+            if need_eval:
+                stage("eval", lambda: evaluate.evaluate(cfg, run_dir, kind, endpoint), str(run_dir / "bfcl" / kind))
+            if need_bench:
+                stage("bench", lambda: benchmark.bench(cfg, run_dir, kind, endpoint), str(run_dir / "bench" / kind))
+    else:
+        print("[all] eval and bench outputs complete: skipped")
+
+    # 6. Report: always regenerated from the files (cheap, never stale).
+    path = stage("report", lambda: report.write_report(cfg, run_dir), str(run_dir))
+    runs.update_run_json(run_dir, pipeline={"last_timings_s": timings, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    print(f"\n[all] done in {sum(timings.values()):.0f} s: {timings}")
+    print(f"[all] run folder: {run_dir}\n[all] report:     {path}\n[all] MLflow:     `make ui` then http://127.0.0.1:5000")
+    return run_dir
+
+
+class PipelineError(RuntimeError):
+    def __init__(self, stage: str, exc: Exception, log_hint: str):
+        super().__init__(f"stage {stage} failed: {exc}" + (f"\n[all] see {log_hint}" if log_hint else ""))
+        self.stage = stage
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Run the whole chain for one method")
+    ap.add_argument("--run", default=None, help="resume this run id instead of the latest")
+    ap.add_argument("--fresh", action="store_true", help="always train a new run")
+    ap.add_argument("--model", default="merged", help="the model kind eval and bench use")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_intermixed_args(argv)
+    try:
+        run_all(args.overrides, run=args.run, fresh=args.fresh, kind=args.model)
+    except PipelineError as exc:
+        traceback.print_exception(exc.__cause__, file=sys.stderr, limit=-3)
+        print(f"[all] {exc}", file=sys.stderr)
+        return 1
+    except (ConfigError, runs.RunError) as exc:
+        print(f"[all] error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

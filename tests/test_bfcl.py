@@ -1,0 +1,325 @@
+"""BFCL evaluation through bfcl-eval's own runner and checker, against local oracle servers.
+
+Offline and real: bfcl-eval generates over HTTP against experiments.bfcl.oracle_server (which
+answers from bfcl's ground truth, or wrongly on purpose) and scores with its own checker.
+Needs the eval environment (bfcl-eval). ~2 minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("bfcl_eval", reason="needs the eval environment (bfcl-eval)")
+
+from experiments.bfcl import run_bfcl, spec, tables  # noqa: E402
+from experiments.paths import REPO_ROOT  # noqa: E402
+
+SINGLE_TURN = spec.NON_LIVE + spec.LIVE
+AST = [c for c in SINGLE_TURN if c not in spec.IRRELEVANCE + spec.RELEVANCE]
+K, SEED = spec.QUICK_PER_CATEGORY, 0
+
+
+# ---------------------------------------------------------------- servers
+
+_handed_out: set[int] = set()
+
+
+def _free_port() -> int:
+    """A free port in this project's test range; never the same twice (servers bind late)."""
+    for port in range(8200, 8300):
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port in 8200-8299")
+
+
+class OracleServer:
+    def __init__(self, tmp: Path, *flags: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "BFCL_PROJECT_ROOT": str(tmp), "PYTHONPATH": str(REPO_ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "experiments.bfcl.oracle_server", "--port", str(self.port),
+             "--per-category", str(K), "--seed", str(SEED), *flags],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait(self, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"oracle server exited with {self.proc.returncode}")
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=1)
+                if self.proc.poll() is None:  # answered by our process, not a stranger
+                    return self
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError("oracle server did not start")
+
+    def stats(self, model: str) -> dict:
+        with urllib.request.urlopen(f"{self.url}/stats", timeout=5) as r:
+            return json.load(r).get(model, {"requests": 0, "by_id": {}, "injected_failures": 0,
+                                            "ambiguous": 0, "unmatched": 0})
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """plain (modes by model name), slow (0.2 s an answer), flaky (one 503 per step)."""
+    tmp = tmp_path_factory.mktemp("oracle-root")
+    started = {}
+    try:
+        for name, flags in {"plain": (), "slow": ("--delay", "0.2"), "flaky": ("--fail-first",)}.items():
+            started[name] = OracleServer(tmp, *flags)
+        yield {name: s.wait() for name, s in started.items()}
+    finally:
+        for s in started.values():
+            s.stop()
+
+
+def _eval(server, model, out, categories="quick", **kw):
+    kw.setdefault("quick_per_category", K)
+    return run_bfcl(server.url, model, out, categories, seed=SEED, **kw)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def oracle_run(servers, tmp_path_factory):
+    out = tmp_path_factory.mktemp("oracle")
+    return out, _eval(servers["plain"], "oracle", out)
+
+
+@pytest.fixture(scope="module")
+def mixed_run(servers, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mixed")
+    return out, _eval(servers["plain"], "mixed", out)
+
+
+@pytest.fixture(scope="module")
+def single_turn_runs(servers, tmp_path_factory):
+    modes = ("wrong", "malformed", "none")
+    with ThreadPoolExecutor(len(modes)) as pool:  # independent evals: overlap bfcl's start-up
+        runs = {m: pool.submit(_eval, servers["plain"], m, tmp_path_factory.mktemp(m), SINGLE_TURN)
+                for m in modes}
+        return {m: f.result() for m, f in runs.items()}
+
+
+# ---------------------------------------------------------------- scoring behaviour
+
+def test_oracle_scores_100_on_quick(oracle_run, servers):
+    out, summary = oracle_run
+    accuracy = {c: v["accuracy"] for c, v in summary["per_category"].items()}
+    assert set(accuracy) == set(spec.FULL)
+    assert all(v == 100.0 for v in accuracy.values()), accuracy  # AST, multi-turn, memory too
+    for column in ["Non-Live AST Acc", "Non-Live Simple AST", "Non-Live Multiple AST",
+                   "Non-Live Parallel AST", "Non-Live Parallel Multiple AST", "Live Acc",
+                   "Irrelevance Detection", "Relevance Detection", "Multi Turn Acc"]:
+        assert summary["leaderboard"][column] == 100.0, column
+    stats = servers["plain"].stats("oracle")
+    assert stats["unmatched"] == 0 and stats["ambiguous"] == 0
+    assert summary["n_items"] == K * len(spec.FULL) and summary["n_missing"] == 0
+    assert summary["n_failed_requests"] == 0
+    assert not summary["overall"]["comparable_to_public_board"]
+    assert set(summary["skipped"]) >= {"web_search_base", "web_search_no_snippet", "memory_vector"}
+
+
+def test_wrong_function_server(single_turn_runs):
+    summary = single_turn_runs["wrong"]
+    acc = {c: v["accuracy"] for c, v in summary["per_category"].items()}
+    assert all(acc[c] == 0.0 for c in AST), acc
+    # A call is never right where no call is due; any call is right for relevance.
+    assert acc["irrelevance"] == acc["live_irrelevance"] == 0.0
+    assert acc["live_relevance"] == 100.0
+    errors = summary["errors"]
+    assert errors["hallucinated_functions"]["items"] == summary["n_items"]
+    assert errors["irrelevance_failures"] == 2 * K
+    assert errors["by_bucket"]["wrong_function_name"] + errors["by_bucket"]["wrong_count"] == len(AST) * K
+
+
+def test_no_call_server_right_only_where_no_call_is_due(single_turn_runs):
+    acc = {c: v["accuracy"] for c, v in single_turn_runs["none"]["per_category"].items()}
+    assert {c for c, v in acc.items() if v == 100.0} == set(spec.IRRELEVANCE)
+    assert all(v == 0.0 for c, v in acc.items() if c not in spec.IRRELEVANCE)
+
+
+def test_malformed_output_is_wrong_and_undecodable(single_turn_runs):
+    summary = single_turn_runs["malformed"]
+    acc = {c: v["accuracy"] for c, v in summary["per_category"].items()}
+    assert all(acc[c] == 0.0 for c in AST) and acc["live_relevance"] == 0.0
+    assert acc["irrelevance"] == acc["live_irrelevance"] == 100.0
+    buckets = summary["errors"]["by_bucket"]
+    assert buckets["undecodable_output"] == len(AST) * K
+    assert summary["errors"]["by_bfcl_error_type"]["ast_decoder:decoder_failed"] == len(AST) * K
+
+
+# ---------------------------------------------------------------- our numbers are bfcl's
+
+def test_per_category_numbers_equal_bfcl_score_files_and_csvs(mixed_run):
+    out, summary = mixed_run
+    key = summary["bfcl_model_key"]
+    headers, failures = tables.load_scores(out, key)
+    ours = {r["category"]: r for r in _read_csv(out / "categories.csv")}
+    assert set(ours) == set(spec.FULL)
+    assert 0 < sum(float(r["accuracy"]) for r in ours.values()) < 100 * len(ours)  # non-trivial
+    csvs = {stem: tables.read_bfcl_csv(out / "score" / f"{stem}.csv")[0]
+            for stem in ("data_overall", "data_non_live", "data_live", "data_multi_turn", "data_agentic")}
+    for category, row in ours.items():
+        header = headers[category]
+        assert int(row["total"]) == header["total_count"] and int(row["correct"]) == header["correct_count"]
+        assert float(row["accuracy"]) == header["accuracy"] * 100
+        stem, column = tables.CATEGORY_CSV_COLUMN[category]
+        assert f"{float(row['accuracy']):.2f}%" == csvs[stem][column], (category, column)
+    # Every aggregate we report is the one bfcl-eval wrote for these score files.
+    for column, value in summary["leaderboard"].items():
+        cell = csvs["data_overall"][column]
+        assert cell == ("N/A" if value is None else f"{value:.2f}%"), column
+    # Items table: one row per item, valid exactly where bfcl's score file lists no failure.
+    items = _read_csv(out / "items.csv")
+    assert len(items) == summary["n_items"] == sum(h["total_count"] for h in headers.values())
+    assert {r["id"] for r in items if r["valid"] == "False"} == set(failures)
+    assert sum(summary["errors"]["by_bucket"].values()) == len(failures)
+
+
+def test_failure_kinds_are_all_represented(mixed_run):
+    _, summary = mixed_run
+    buckets = summary["errors"]["by_bucket"]
+    for bucket in ("wrong_function_name", "undecodable_output", "missed_call", "irrelevance_failure"):
+        assert buckets[bucket] > 0, buckets
+    assert buckets["other"] == 0 and buckets["inference_error"] == 0
+
+
+# ---------------------------------------------------------------- concurrency, retries, resume
+
+def test_transient_server_errors_are_retried(servers, tmp_path):
+    summary = _eval(servers["flaky"], "oracle", tmp_path, ["simple_python", "parallel", "live_relevance"],
+                    num_threads=8)
+    assert servers["flaky"].stats("oracle")["injected_failures"] >= 3 * K
+    assert all(v["accuracy"] == 100.0 for v in summary["per_category"].values())
+    assert summary["errors"]["by_bucket"]["inference_error"] == 0
+
+
+def _done_ids(out: Path) -> set[str]:
+    ids = set()
+    for path in out.rglob("*_result.json"):
+        for line in path.read_text().splitlines():
+            try:
+                ids.add(json.loads(line)["id"])
+            except (json.JSONDecodeError, KeyError):
+                pass  # the line the kill cut short
+    return ids
+
+
+def test_resume_after_kill_does_not_regenerate_finished_items(servers, tmp_path):
+    server, model = servers["slow"], "oracle"
+    cmd = [sys.executable, "-m", "experiments.bfcl", "--base-url", server.url, "--model", model,
+           "--out", str(tmp_path), "--categories", ",".join(SINGLE_TURN), "--per-category", str(K),
+           "--num-threads", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    total = len(SINGLE_TURN) * K
+    try:
+        deadline = time.monotonic() + 120
+        while server.stats(model)["requests"] < total // 3:
+            assert proc.poll() is None and time.monotonic() < deadline, "eval ended before the kill"
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its bfcl worker: no clean-up
+        proc.wait()
+    done_before = _done_ids(tmp_path)
+    assert 0 < len(done_before) < total
+    before = server.stats(model)["by_id"]
+
+    summary = _eval(server, model, tmp_path, SINGLE_TURN, num_threads=8)
+
+    after = server.stats(model)["by_id"]
+    assert all(after[i] == before[i] for i in done_before), "finished items were requested again"
+    assert all(after.get(i, 0) > before.get(i, 0) for i in _done_ids(tmp_path) - done_before)
+    assert summary["n_items"] == total and summary["n_missing"] == 0
+    assert all(v["accuracy"] == 100.0 for v in summary["per_category"].values())
+
+
+# ---------------------------------------------------------------- pure parts
+
+def test_category_sets_cover_everything_bfcl_knows(tmp_path):
+    code = "from bfcl_eval.constants.category_mapping import ALL_CATEGORIES as A; print(','.join(A))"
+    env = {**os.environ, "BFCL_PROJECT_ROOT": str(tmp_path)}
+    known = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           check=True).stdout.strip().split(",")
+    assert set(known) == set(spec.FULL) | set(spec.SKIPPED) | set(spec.NOT_APPLICABLE)
+    with pytest.raises(ValueError, match="cannot run offline"):
+        spec.resolve(["simple_python", "web_search_base"])
+
+
+def test_quick_ids_are_seeded_and_memory_keeps_its_prerequisites():
+    entries = [{"id": f"simple_python_{i}"} for i in range(50)]
+    a, b = spec.quick_ids("simple_python", entries, 5, 0), spec.quick_ids("simple_python", entries, 5, 0)
+    assert a == b and len(a) == 5 and a != spec.quick_ids("simple_python", entries, 5, 1)
+    memory = ([{"id": f"memory_kv_prereq_{i}-big-{i}", "question": [[]] * 9} for i in range(3)]
+              + [{"id": f"memory_kv_prereq_{i}-small-{i}", "question": [[]]} for i in range(3, 5)]
+              + [{"id": f"memory_kv_{i}-{s}-{i}", "scenario": s} for i, s in enumerate(["big", "small"] * 10)])
+    picked = spec.quick_ids("memory_kv", memory, 3, 0)
+    assert [i for i in picked if "prereq" in i] == ["memory_kv_prereq_3-small-3", "memory_kv_prereq_4-small-4"]
+    assert len([i for i in picked if "prereq" not in i and "-small-" in i]) == 3 and len(picked) == 5
+    assert spec.model_key("Qwen/Qwen2.5-7B_instruct") == "local-Qwen-Qwen2.5-7B-instruct"
+
+
+def test_error_buckets():
+    assert tables.error_bucket("simple_function_checker:wrong_func_name") == "wrong_function_name"
+    assert tables.error_bucket("multiple_function_checker:wrong_count") == "wrong_count"
+    assert tables.error_bucket("simple_function_checker:missing_optional") == "missing_parameter"
+    assert tables.error_bucket("type_error:java") == "type_error"
+    assert tables.error_bucket("value_error:list/tuple") == "value_error"
+    assert tables.error_bucket("ast_decoder:decoder_failed") == "undecodable_output"
+    assert tables.error_bucket("irrelevance_error:decoder_success") == "irrelevance_failure"
+    nested = {"error": ["no match", {"Model Result Index 0": {"sub_error_type": "type_error:simple"}}]}
+    assert tables.error_bucket("parallel_function_checker_no_order:cannot_find_match", nested) == "type_error"
+    assert tables.error_bucket("something:new") == "other"
+
+
+def test_repair_drops_torn_lines_and_failed_requests(tmp_path):
+    path = tmp_path / "non_live" / "BFCL_v4_simple_python_result.json"
+    path.parent.mkdir()
+    good = json.dumps({"id": "simple_python_0", "result": [{"f": "{}"}]})
+    failed = json.dumps({"id": "simple_python_1", "result": "Error during inference: 503"})
+    path.write_text(f"{good}\n{failed}\n" + '{"id": "simple_python_2", "res')
+    assert tables.repair_results(tmp_path) == {"torn_lines_dropped": 1, "failed_requests_to_retry": 1}
+    assert path.read_text() == f"{good}\n"
+
+
+def test_baseline_delta():
+    base = {"model": "base", "plan_fingerprint": "x", "leaderboard": {"Live Acc": 40.0, "Memory Acc": None},
+            "per_category": {"live_simple": {"accuracy": 50.0}}}
+    tuned = {"model": "merged", "plan_fingerprint": "x", "leaderboard": {"Live Acc": 55.0, "Memory Acc": None},
+             "per_category": {"live_simple": {"accuracy": 80.0}}}
+    delta = tables.baseline_delta(tuned, base)
+    assert delta == {"base_model": "base", "comparable": True, "leaderboard": {"Live Acc": 15.0},
+                     "per_category": {"live_simple": 30.0}}
