@@ -18,6 +18,8 @@ CONC    ?=
 RATE    ?=
 ENDPOINT ?=
 METHODS ?=
+COMPARISON ?=
+RUNS    ?=
 ARGS    ?=
 PYTHON  ?= python3
 export PYTHON
@@ -66,14 +68,14 @@ eval: env-eval env-serve ## BFCL with bfcl-eval's checker: make eval [RUN=...] [
 bench: env-eval env-serve ## Load test: make bench [RUN=...] [MODEL=...] [CONC=32 | CONC=1,4,16,32 | RATE=10] [ENDPOINT=url]
 	@$(EVAL_PY) -m experiments.benchmark $(STAGE_OPTS) $(HYDRA) $(if $(CONC),bench.concurrency=[$(CONC)]) $(if $(RATE),bench.rate=[$(RATE)]) $(ARGS)
 
-report: env-eval ## Write results/<run>/report.md from the run's files: make report [RUN=...]
-	@$(EVAL_PY) -m experiments.report $(if $(RUN),--run $(RUN)) $(HYDRA) $(ARGS)
+report: env-eval ## Write results/<run>/report.md from the run's files: make report [RUN=...] [RUNS=a,b]
+	@$(EVAL_PY) -m experiments.report $(if $(RUN),--run $(RUN)) $(if $(RUNS),--runs $(RUNS)) $(HYDRA) $(ARGS)
 
 all: env ## The whole chain: train -> merge -> serve -> eval -> bench -> report [METHOD=qlora_opt] [FRESH=1]
 	@$(EVAL_PY) -m experiments.pipeline $(if $(RUN),--run $(RUN)) $(if $(FRESH),--fresh) method=$(METHOD) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
 
-compare: env-eval env-train ## Train several methods under one comparison id and report them: make compare [METHODS=qlora,dora]
-	@$(EVAL_PY) -m experiments.compare $(if $(METHODS),--methods $(METHODS)) $(HYDRA) $(ARGS)
+compare: env-eval env-train ## Train several methods under one comparison id and report them: make compare [METHODS=qlora,dora] [COMPARISON=id]
+	@$(EVAL_PY) -m experiments.compare $(if $(METHODS),--methods $(METHODS)) $(if $(COMPARISON),--comparison $(COMPARISON)) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
 
 test: env ## Run the test suite (the command CI runs)
 	@$(EVAL_PY) -m pytest tests $(PYTEST_ARGS)
@@ -86,15 +88,20 @@ k8s: env-eval ## Kubernetes manifests for a run, strictly validated: make k8s PR
 	@$(EVAL_PY) scripts/k8s.py method=$(METHOD) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
 
 # Team tracking: PostgreSQL + MLflow server on this machine (experiments/tracking_server.py).
+# `make train tracking=postgres` (Hydra's spelling) works like TRACKING=postgres.
+ifeq ($(TRACKING),)
+HYDRA += $(if $(tracking),tracking=$(tracking))
+endif
+TRACKING_SERVER = $(EVAL_PY) -m experiments.tracking_server
 .PHONY: tracking-server tracking-stop tracking-status sync
 tracking-server: env-eval ## Start PostgreSQL + an MLflow server on 127.0.0.1:5400 (then TRACKING=postgres)
-	@$(EVAL_PY) -m experiments.tracking_server start tracking=$(or $(TRACKING),postgres) $(ARGS)
+	@$(TRACKING_SERVER) start tracking=$(or $(TRACKING),$(tracking),postgres) $(ARGS)
 
 tracking-stop: env-eval ## Stop exactly the PostgreSQL and MLflow processes `make tracking-server` started
-	@$(EVAL_PY) -m experiments.tracking_server stop tracking=$(or $(TRACKING),postgres) $(ARGS)
+	@$(TRACKING_SERVER) stop tracking=$(or $(TRACKING),$(tracking),postgres) $(ARGS)
 
 tracking-status: env-eval ## Is this machine's tracking server up? (PIDs, ports, logs)
-	@$(EVAL_PY) -m experiments.tracking_server status tracking=$(or $(TRACKING),postgres) $(ARGS)
+	@$(TRACKING_SERVER) status tracking=$(or $(TRACKING),$(tracking),postgres) $(ARGS)
 
 sync: env-eval ## Log a run folder into a tracking store: make sync RUN=<run_id> TRACKING=postgres [FORCE=1]
 	@$(EVAL_PY) -m experiments.sync $(if $(RUN),--run $(RUN)) $(if $(FORCE),--force) $(HYDRA) $(ARGS)

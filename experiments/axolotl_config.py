@@ -38,6 +38,50 @@ def check_combinations(ax: dict, world: int) -> None:
             f"axolotl.batch_size={batch} is not divisible by micro_batch_size x world size "
             f"({ax.get('micro_batch_size', 1)} x {world})"
         )
+    _check_parallel(ax)
+
+
+def _check_parallel(ax: dict) -> None:
+    """FSDP / DeepSpeed combinations that pass Axolotl's schema but fail (or hang) at run time."""
+    ds = ax.get("deepspeed")
+    if ds is not None and not isinstance(ds, dict):
+        raise CombinationError("axolotl.deepspeed: expected the DeepSpeed config as a mapping (conf/launcher/deepspeed_*.yaml)")
+    stage = ((ds or {}).get("zero_optimization") or {}).get("stage")
+    if stage == 3:
+        if ax.get("load_in_8bit"):
+            raise CombinationError("axolotl.load_in_8bit cannot be used with DeepSpeed ZeRO-3 "
+                                   "(axolotl.deepspeed.zero_optimization.stage=3): ZeRO-3 cannot partition int8 weights")
+        storage = (ax.get("bnb_config_kwargs") or {}).get("bnb_4bit_quant_storage")
+        if ax.get("load_in_4bit") and storage is not None and str(storage) not in ("bfloat16", "float16", "float32"):
+            # ZeRO-3 flattens all parameters of a group into one tensor: 4-bit weights must be
+            # stored in the float dtype of the rest (Axolotl's default is bfloat16).
+            raise CombinationError(f"axolotl.bnb_config_kwargs.bnb_4bit_quant_storage={storage} cannot be used with "
+                                   "DeepSpeed ZeRO-3 (axolotl.deepspeed.zero_optimization.stage=3); use bfloat16")
+        reentrant = (ax.get("gradient_checkpointing_kwargs") or {}).get("use_reentrant")
+        if ax.get("adapter") == "qlora" and ax.get("gradient_checkpointing") and reentrant is False:
+            raise CombinationError("axolotl.gradient_checkpointing_kwargs.use_reentrant=false with QLoRA under "
+                                   "DeepSpeed ZeRO-3 fails with a CheckpointError (recomputed values differ)")
+    fsdp = ax.get("fsdp_config")
+    if fsdp and ds:
+        raise CombinationError("axolotl.fsdp_config and axolotl.deepspeed cannot be used together (one launcher only)")
+
+
+def apply_global_batch(ax: dict, global_batch_size: int | None, world: int) -> dict:
+    """launcher.global_batch_size -> gradient_accumulation_steps for this world size.
+
+    Axolotl's global batch is micro_batch_size x gradient_accumulation_steps x world size, so it
+    grows with GPUs; a fixed global batch keeps the optimisation the same from 1 GPU to 16."""
+    if global_batch_size is None:
+        return ax
+    micro = int(ax.get("micro_batch_size", 1))
+    if int(global_batch_size) % (micro * world):
+        raise CombinationError(
+            f"launcher.global_batch_size={global_batch_size} is not divisible by axolotl.micro_batch_size x world size "
+            f"({micro} x {world} = {micro * world}); pick a multiple of {micro * world} or change GPUS/NNODES")
+    ax = dict(ax)
+    ax.pop("batch_size", None)  # Axolotl refuses batch_size together with gradient_accumulation_steps
+    ax["gradient_accumulation_steps"] = int(global_batch_size) // (micro * world)
+    return ax
 
 
 def build_axolotl_config(cfg: DictConfig, *, run_dir: Path, dataset_path: Path, mlflow_run_name: str) -> dict[str, Any]:
@@ -56,5 +100,6 @@ def build_axolotl_config(cfg: DictConfig, *, run_dir: Path, dataset_path: Path, 
         mlflow_run_name=mlflow_run_name,
         hf_mlflow_log_artifacts=False,  # we log axolotl.yaml and metrics ourselves; no checkpoints
     )
+    ax = apply_global_batch(ax, cfg.launcher.get("global_batch_size"), world_size(cfg))
     check_combinations(ax, world_size(cfg))
     return ax

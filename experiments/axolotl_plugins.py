@@ -20,6 +20,16 @@ class CpuCompatPlugin(BasePlugin):
        rank's model belongs on "cpu"; DDP (gloo) does the rest.
     """
 
+    def load_datasets(self, cfg, preprocess=False):
+        # The first hook that sees the normalised config (where Axolotl has just set
+        # device_map={"": LOCAL_RANK}) and runs before the model loader copies device_map into its
+        # kwargs; pre_model_load is too late for that. Returns None: datasets load as usual.
+        import torch
+
+        if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            cfg.device_map = "cpu"
+        return None
+
     def pre_model_load(self, cfg):
         import torch
 
@@ -31,8 +41,6 @@ class CpuCompatPlugin(BasePlugin):
             bnb_modules.has_avx512bf16 = lambda: False
         except ImportError:
             pass
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            cfg.device_map = "cpu"
 
 
 class RunRecorderPlugin(BasePlugin):
@@ -41,10 +49,14 @@ class RunRecorderPlugin(BasePlugin):
     - `<output_dir>/train_log.jsonl`: every Trainer log line (loss, eval_loss, grad_norm, lr,
       tokens/s, memory) from rank 0 — the local source of truth for train_metrics.json.
     - `<output_dir>/ranks/rank<k>.json` from every rank: world size, parallel mode, the wrapper
-      around the model and the steps it ran — the evidence that distributed training was real.
+      around the model, the steps it ran, its share of the data and a digest of its LoRA weights
+      — the evidence that distributed training was real (experiments.launcher.verify_ranks).
     """
 
     def add_callbacks_post_trainer(self, cfg, trainer):
+        from experiments.tracking import guard_mlflow_callbacks
+
+        guard_mlflow_callbacks(trainer)  # a tracking server going away must not kill the training
         return [_RecorderCallback(trainer, cfg.output_dir)]
 
 
@@ -65,6 +77,8 @@ class _RecorderCallback(_recorder_callback_base()):
         import torch.distributed as dist
 
         wrapped = getattr(self.trainer, "model_wrapped", None)
+        loader = self.trainer.get_train_dataloader()  # prepared by accelerate: this rank's shard
+        batches = _len_or_none(loader)
         info = {
             "rank": self.rank,
             "phase": phase,
@@ -74,8 +88,16 @@ class _RecorderCallback(_recorder_callback_base()):
             "model_wrapper": type(wrapped).__name__ if wrapped is not None else None,
             "global_step": state.global_step,
             "max_steps": state.max_steps,
-            "train_batch_size": self.trainer.args.train_batch_size,
-            "num_train_samples_this_rank": _len_or_none(self.trainer.get_train_dataloader()),
+            "gradient_accumulation_steps": self.trainer.args.gradient_accumulation_steps,
+            "per_device_train_batch_size": self.trainer.args.per_device_train_batch_size,
+            "num_train_samples_total": _len_or_none(getattr(loader, "dataset", None)),
+            "batches_per_epoch_this_rank": batches,
+            # accelerate gives every rank the same number of batches (wrapping around at the end)
+            "num_train_samples_this_rank": batches * self.trainer.args.per_device_train_batch_size if batches else None,
+            "sample_packing": bool(getattr(self.trainer.args, "sample_packing", False)),
+            # identical on every rank after data-parallel training; different after independent runs
+            # that saw different data (and world size / wrapper catch independent runs on the same data)
+            **(_trainable_digest(self.trainer.model) if phase == "end" else {}),
         }
         path = os.path.join(self.output_dir, "ranks", f"rank{self.rank}.json")
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -102,8 +124,40 @@ class _RecorderCallback(_recorder_callback_base()):
             f.write(json.dumps(row, default=float) + "\n")
 
 
-def _len_or_none(loader):
+def _len_or_none(obj):
     try:
-        return len(loader.dataset)
+        return len(obj)
     except Exception:
         return None
+
+
+def _trainable_digest(model) -> dict:
+    """SHA-256 over the full trainable (LoRA) tensors in name order, plus their count and size.
+
+    Sharded parameters are gathered first (FSDP2 DTensor.full_tensor, DeepSpeed ZeRO-3
+    GatheredParameters): collectives, so every rank must call this at the same point, as the
+    callback does. A failure is recorded, not raised: training is over and the adapter is saved."""
+    import contextlib
+    import hashlib
+
+    import torch
+
+    params = [(n, p) for n, p in sorted(model.named_parameters(), key=lambda kv: kv[0]) if p.requires_grad]
+    try:
+        gather = contextlib.nullcontext()
+        if any(hasattr(p, "ds_id") for _, p in params):  # ZeRO-3: each rank holds a partition
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None)
+        h, numel = hashlib.sha256(), 0
+        with gather, torch.no_grad():
+            for name, p in params:
+                t = p.detach()
+                t = t.full_tensor() if hasattr(t, "full_tensor") else t  # FSDP2: the whole tensor
+                h.update(name.encode())
+                h.update(t.to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
+                numel += t.numel()
+        return {"lora_sha256": h.hexdigest(), "trainable_tensors": len(params), "trainable_numel": numel}
+    except Exception as exc:  # noqa: BLE001 - evidence is best effort; verify_ranks skips a missing digest
+        return {"lora_sha256": None, "lora_digest_error": f"{type(exc).__name__}: {exc}",
+                "trainable_tensors": len(params), "trainable_numel": None}

@@ -79,8 +79,8 @@ def main(argv=None) -> int:
         try:
             record_in_mlflow(run_dir)
         except (TrackingError, Exception) as exc:  # the merged model stays; only the record is missing
-            print(f"[merge] warning: not recorded in MLflow ({exc}); `make sync RUN={run_dir.name}` replays it",
-                  file=sys.stderr)
+            print(f"[merge] warning: the merge of {run_dir.name} is not recorded in MLflow ({exc}); "
+                  f"the merged model is in {run_dir / 'merged'}", file=sys.stderr)
     except (ConfigError, runs.RunError, MergeError, FileNotFoundError) as exc:
         print(f"[merge] error: {exc}", file=sys.stderr)
         return 2

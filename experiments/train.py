@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import envs, runs, toolace
 from experiments.axolotl_config import CombinationError, build_axolotl_config, world_size
 from experiments.config import ConfigError, compose
-from experiments.launcher import launch_command
+from experiments.launcher import check_launcher, launch_command, launch_script, read_rank_records, verify_ranks
 from experiments.procmon import PeakRSS, safetensors_numel
 from experiments.tracking import Tracker, TrackingError, check_reachable
 
@@ -124,6 +124,23 @@ def _env_vars(node: DictConfig) -> dict:
     return OmegaConf.to_container(env, resolve=True) if env else {}
 
 
+def train_tags(cfg: DictConfig, run_id: str) -> dict:
+    """Tags of a training's MLflow run (also used by `make sync` to re-create it)."""
+    return {"stage": "train", "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name,
+            "profile": cfg.profile.name, "launcher": cfg.launcher.name, "comparison": cfg.run.comparison,
+            "training_run": run_id}
+
+
+def train_params(cfg: DictConfig, ax: dict, data_report: dict) -> dict:
+    """Params of a training's MLflow run (also used by `make sync` to re-create it)."""
+    params = {"method": cfg.method.name, "model": cfg.model.name, "model_path": cfg.model.path,
+              "data": cfg.data.name, "profile": cfg.profile.name, "launcher": cfg.launcher.name,
+              "world_size": world_size(cfg), "train_rows": data_report["rows_out"],
+              "rejected_rows": data_report["rejected"]}
+    params.update({f"cfg.{k}": ax.get(k) for k in LOGGED_AXOLOTL_PARAMS})
+    return params
+
+
 def run_axolotl(cmd: list[str], env: dict, log_path: Path) -> tuple[int, float, int]:
     """Run the launch command, teeing its output to the run's train.log."""
     start = time.time()
@@ -141,31 +158,32 @@ def run_axolotl(cmd: list[str], env: dict, log_path: Path) -> tuple[int, float, 
 def train(overrides: Sequence[str]) -> Path:
     cfg = compose(overrides)
     print(banner(cfg), flush=True)
+    check_launcher(cfg)
+    if int(cfg.launcher.node_rank) > 0:
+        return train_worker_node(cfg, overrides)
     results = Path(cfg.paths.results)
 
-    # 1. Everything that can reject the request, before any folder or model exists.
+    # 1. Everything that can reject the request, before any folder or model exists (cheapest first:
+    # a tracking server that is down is known in milliseconds, Axolotl's schema takes ~10 s).
+    check_reachable(cfg.tracking.uri)
     planned = results / (cfg.run.id or runs.new_run_id(cfg.method.name, cfg.model.name))
     validate_axolotl(build_axolotl_config(cfg, run_dir=planned, dataset_path=planned / "data" / "train.jsonl",
                                           mlflow_run_name=planned.name), cfg)
-    check_reachable(cfg.tracking.uri)
 
     # 2. The run folder: never an existing one.
     run_dir = runs.create_run_dir(results, cfg.run.id or None, cfg.method.name, cfg.model.name)
     run_id = run_dir.name
     ax = build_axolotl_config(cfg, run_dir=run_dir, dataset_path=run_dir / "data" / "train.jsonl", mlflow_run_name=run_id)
-    tracker = Tracker(cfg.tracking, run_name=f"train/{run_id}", tags={
-        "stage": "train", "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name,
-        "profile": cfg.profile.name, "launcher": cfg.launcher.name, "comparison": cfg.run.comparison,
-        "training_run": run_id})
+    tracker = Tracker(cfg.tracking, run_name=f"train/{run_id}", tags=train_tags(cfg, run_id))
     runs.write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     runs.write_text_atomic(run_dir / "axolotl.yaml", yaml.safe_dump(ax, sort_keys=False))
     cmd = launch_command(cfg.launcher, Path(cfg.paths.venv) / "train", run_dir / "axolotl.yaml")
-    runs.write_text_atomic(run_dir / "launch.sh", "#!/usr/bin/env bash\n" + shlex.join(cmd) + "\n")
+    runs.write_text_atomic(run_dir / "launch.sh", launch_script(cmd, {**_env_vars(cfg.profile), **_env_vars(cfg.launcher)}, cfg.launcher))
     runs.write_json_atomic(run_dir / "run.json", {
         "run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "method": cfg.method.name, "model": cfg.model.name, "model_path": cfg.model.path,
         "data": cfg.data.name, "profile": cfg.profile.name, "launcher": cfg.launcher.name,
-        "comparison": cfg.run.comparison, "overrides": list(overrides),
+        "comparison": cfg.run.comparison, "overrides": list(overrides), "launch": launch_info(cfg, ax),
         "mlflow": {"tracking_uri": cfg.tracking.uri, "experiment": cfg.tracking.experiment, "train_run_id": tracker.run_id},
         "stages": {"train": "running"},
     })
@@ -175,12 +193,7 @@ def train(overrides: Sequence[str]) -> Path:
     try:
         ensure_model(cfg)
         data_report = prepare_data(cfg, run_dir / "data")
-        params = {"method": cfg.method.name, "model": cfg.model.name, "model_path": cfg.model.path,
-                  "data": cfg.data.name, "profile": cfg.profile.name, "launcher": cfg.launcher.name,
-                  "world_size": world_size(cfg), "train_rows": data_report["rows_out"],
-                  "rejected_rows": data_report["rejected"]}
-        params.update({f"cfg.{k}": ax.get(k) for k in LOGGED_AXOLOTL_PARAMS})
-        tracker.log_params(params)
+        tracker.log_params(train_params(cfg, ax, data_report))
         tracker.log_artifacts([run_dir / "axolotl.yaml", run_dir / "config.yaml", run_dir / "data" / "data_report.json"])
 
         env = envs.subprocess_env({
@@ -198,6 +211,7 @@ def train(overrides: Sequence[str]) -> Path:
         if rc != 0 or not adapter.exists():
             raise StageError(f"axolotl train exited {rc}" + ("" if adapter.exists() else f", no adapter at {adapter}")
                              + f"; log: {run_dir / 'train.log'}")
+        check_distributed(cfg, run_dir / "adapter", run_dir / "train_metrics.json")
         status = "FINISHED"
     finally:
         runs.update_run_json(run_dir, stages={"train": "done" if status == "FINISHED" else "failed"})
@@ -211,9 +225,72 @@ def train(overrides: Sequence[str]) -> Path:
             tracker.finish(status)
         except Exception as exc:  # the server went away mid-run: results stay in the run folder
             print(f"[train] could not finish the MLflow run at {cfg.tracking.uri} ({exc}); the results are in "
-                  f"{run_dir}; replay them later with `make sync RUN={run_dir.name}`", file=sys.stderr)
+                  f"{run_dir}; replay them later with `make sync RUN={run_dir.name} TRACKING_URI={cfg.tracking.uri}`", file=sys.stderr)
     print(f"[train] done: {run_dir}  (adapter: {run_dir / 'adapter'})")
     return run_dir
+
+
+def launch_info(cfg: DictConfig, ax: dict) -> dict:
+    """run.json's record of how training was launched (what the batch arithmetic came to)."""
+    ln, world = cfg.launcher, world_size(cfg)
+    return {"launcher": ln.name, "kind": ln.kind, "gpus_per_node": int(ln.gpus), "nnodes": int(ln.nnodes),
+            "node_rank": int(ln.node_rank), "master_addr": ln.master_addr, "master_port": int(ln.master_port),
+            "world_size": world, "micro_batch_size": ax.get("micro_batch_size"),
+            "gradient_accumulation_steps": ax.get("gradient_accumulation_steps"),
+            "global_batch_size": (ax.get("micro_batch_size") or 1) * (ax.get("gradient_accumulation_steps") or 1) * world}
+
+
+def check_distributed(cfg: DictConfig, output_dir: Path, metrics_path: Path | None) -> None:
+    """After a multi-process launch: the ranks' own records must show that they trained together
+    (a launch can exit 0 after running independent trainings). Adds the verdict to train_metrics.json."""
+    if world_size(cfg) == 1:
+        return
+    records = read_rank_records(output_dir / "ranks")
+    problems = verify_ranks(records, cfg.launcher)
+    if metrics_path is not None and metrics_path.exists():
+        m = runs.read_json(metrics_path)
+        m["distributed"] = {"world_size": world_size(cfg), "ranks_here": sorted(records), "problems": problems,
+                            "lora_sha256": sorted({r.get("lora_sha256") for r in records.values()} - {None})}
+        runs.write_json_atomic(metrics_path, m)
+    if problems:
+        raise StageError(f"launcher={cfg.launcher.name} exited 0 but did not train as asked: " + "; ".join(problems)
+                         + f" (records: {output_dir / 'ranks'})")
+    print(f"[train] ranks {sorted(records)} of {world_size(cfg)} verified: world size {world_size(cfg)}, "
+          f"{cfg.launcher.expected_wrapper or 'no wrapper'}, identical LoRA weights at the end", flush=True)
+
+
+def train_worker_node(cfg: DictConfig, overrides: Sequence[str]) -> Path:
+    """Node k > 0 of a multi-node run: the same config and data, its own folder `<run_id>.node<k>`
+    (shared storage or not, it never collides with node 0's run folder), no MLflow run of its own
+    (global rank 0, on node 0, logs), no adapter (rank 0 saves it)."""
+    results, node = Path(cfg.paths.results), int(cfg.launcher.node_rank)
+    node_id = f"{cfg.run.id}.node{node}"
+    planned = results / node_id
+    validate_axolotl(build_axolotl_config(cfg, run_dir=planned, dataset_path=planned / "data" / "train.jsonl",
+                                          mlflow_run_name=str(cfg.run.id)), cfg)
+    node_dir = runs.create_run_dir(results, node_id, cfg.method.name, cfg.model.name)
+    ax = build_axolotl_config(cfg, run_dir=node_dir, dataset_path=node_dir / "data" / "train.jsonl", mlflow_run_name=str(cfg.run.id))
+    runs.write_text_atomic(node_dir / "axolotl.yaml", yaml.safe_dump(ax, sort_keys=False))
+    cmd = launch_command(cfg.launcher, Path(cfg.paths.venv) / "train", node_dir / "axolotl.yaml")
+    env_vars = {**_env_vars(cfg.profile), **_env_vars(cfg.launcher)}
+    runs.write_text_atomic(node_dir / "launch.sh", launch_script(cmd, env_vars, cfg.launcher))
+    runs.write_json_atomic(node_dir / "node.json", {"run_id": cfg.run.id, "node_rank": node, "overrides": list(overrides),
+                                                   "launch": launch_info(cfg, ax), "status": "running"})
+    ensure_model(cfg)
+    prepare_data(cfg, node_dir / "data")
+    print(f"[train] node {node} of {cfg.launcher.nnodes} joins run {cfg.run.id} at {cfg.launcher.master_addr}:"
+          f"{cfg.launcher.master_port}; folder {node_dir}", flush=True)
+    rc, wall, _ = run_axolotl(cmd, envs.subprocess_env(env_vars), node_dir / "train.log")
+    status = "failed"
+    try:
+        if rc != 0:
+            raise StageError(f"axolotl train exited {rc} on node {node}; log: {node_dir / 'train.log'}")
+        check_distributed(cfg, node_dir / "adapter", None)
+        status = "done"
+    finally:
+        runs.write_json_atomic(node_dir / "node.json", {**runs.read_json(node_dir / "node.json"), "status": status,
+                                                       "exit_code": rc, "wall_time_s": round(wall, 2)})
+    return node_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:

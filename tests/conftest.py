@@ -16,6 +16,8 @@ TRAIN_PY = VENV / "train" / "bin" / "python"
 SERVE_PY = VENV / "serve" / "bin" / "python"
 # Short trainings: enough steps for an eval, a checkpoint and a loss curve.
 SHORT_TRAIN = ["axolotl.max_steps=6", "axolotl.eval_steps=3", "axolotl.save_steps=3", "axolotl.warmup_steps=1"]
+# The session's trainings (trained_run) share one comparison id, as `make compare` would give them.
+SESSION_COMPARISON = "test-session"
 
 
 def free_port() -> int:
@@ -53,7 +55,7 @@ def trained_run(results_dir):
     def get(method: str) -> Path:
         if method not in cache:
             run_id = f"test-{method}"
-            make("train", f"METHOD={method}", hydra_args(f"run.id={run_id}", *SHORT_TRAIN))
+            make("train", f"METHOD={method}", hydra_args(f"run.id={run_id}", f"run.comparison={SESSION_COMPARISON}", *SHORT_TRAIN))
             cache[method] = results_dir / run_id
         return cache[method]
 
