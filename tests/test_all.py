@@ -34,6 +34,21 @@ def test_every_stage_wrote_its_outputs(chain):
     assert str(run) in first.stdout and "make ui" in first.stdout
 
 
+def test_report_numbers_equal_the_files(chain):
+    _, run, _, _ = chain
+    report = (run / "report.md").read_text()
+    metrics = read_json(run / "train_metrics.json")
+    assert f"{metrics['final_eval_loss']:.4f}" in report and f"{metrics['final_train_loss']:.4f}" in report
+    bfcl = read_json(run / "bfcl" / "merged" / "summary.json")
+    for column in ("Non-Live AST Acc", "Live Acc", "Irrelevance Detection", "Multi Turn Acc"):
+        assert f"{bfcl['leaderboard'][column]:.2f}" in report, column
+    for level in ("c1", "c4"):
+        tput = read_json(run / "bench" / "merged" / f"summary_{level}.json")["throughput"]
+        assert f"{tput['requests_per_s']:.2f}" in report and f"{tput['output_tokens_per_s']:.1f}" in report
+    for section in ("## 1. Training", "## 2. BFCL", "## 3. Serving", "## 4. Cost", "## 5. Environment"):
+        assert section in report
+
+
 def test_mlflow_experiment_holds_train_eval_and_bench_runs(chain):
     from mlflow.tracking import MlflowClient
 
