@@ -78,7 +78,7 @@ compare: env-eval env-train ## Train several methods under one comparison id and
 	@$(EVAL_PY) -m experiments.compare $(if $(METHODS),--methods $(METHODS)) $(if $(COMPARISON),--comparison $(COMPARISON)) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
 
 test: env ## Run the test suite (the command CI runs)
-	@$(EVAL_PY) -m pytest tests $(PYTEST_ARGS)
+	@$(EVAL_PY) -m pytest tests --basetemp=$(CURDIR)/.pytest-tmp $(PYTEST_ARGS)
 
 ui: env-eval ## Open the MLflow UI on 127.0.0.1:5000 for the local store
 	@$(EVAL_PY) -m experiments.ui $(HYDRA) $(ARGS)
