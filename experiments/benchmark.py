@@ -6,7 +6,6 @@ Starts the run's vLLM server if none is up (and stops it afterwards).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from pathlib import Path
@@ -16,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import runs, serving
 from experiments.bench import metrics
 from experiments.bench.run import run_bench
-from experiments.config import ConfigError, compose
+from experiments.cli import run_model_stage
+from experiments.config import ConfigError
 from experiments.tracking import Tracker, TrackingError
 
 
@@ -78,20 +78,7 @@ def bench(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoint 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Load-test a run's served model")
-    ap.add_argument("--run", default=None)
-    ap.add_argument("--model", default="merged", help="merged | adapter | base")
-    ap.add_argument("--endpoint", default=None, help="any OpenAI-compatible base URL (…/v1)")
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_intermixed_args(argv)
-    try:
-        cfg = compose(args.overrides)
-        run_dir = runs.resolve_run(Path(cfg.paths.results), args.run)
-        bench(cfg, run_dir, args.model, endpoint_url=args.endpoint)
-    except (ConfigError, runs.RunError, serving.ServeError, TrackingError, FileNotFoundError, ValueError) as exc:
-        print(f"[bench] error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_model_stage("bench", "Load-test a run's served model", bench, (ConfigError, runs.RunError, serving.ServeError, TrackingError, FileNotFoundError, ValueError), argv)
 
 
 if __name__ == "__main__":

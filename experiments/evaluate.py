@@ -7,7 +7,6 @@ afterwards); ENDPOINT= scores any OpenAI-compatible server instead.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import re
 import sys
@@ -17,7 +16,8 @@ from omegaconf import DictConfig
 
 from experiments import runs, serving
 from experiments.bfcl.run import BfclError, attach_baseline, run_bfcl
-from experiments.config import ConfigError, compose
+from experiments.cli import run_model_stage
+from experiments.config import ConfigError
 from experiments.tracking import Tracker, TrackingError
 
 
@@ -76,20 +76,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoi
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="BFCL evaluation of a run's served model")
-    ap.add_argument("--run", default=None)
-    ap.add_argument("--model", default="merged", help="merged | adapter | base")
-    ap.add_argument("--endpoint", default=None, help="any OpenAI-compatible base URL (…/v1)")
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_intermixed_args(argv)
-    try:
-        cfg = compose(args.overrides)
-        run_dir = runs.resolve_run(Path(cfg.paths.results), args.run)
-        evaluate(cfg, run_dir, args.model, endpoint_url=args.endpoint)
-    except (ConfigError, runs.RunError, serving.ServeError, BfclError, TrackingError, FileNotFoundError) as exc:
-        print(f"[eval] error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_model_stage("eval", "BFCL evaluation of a run's served model", evaluate, (ConfigError, runs.RunError, serving.ServeError, BfclError, TrackingError, FileNotFoundError), argv)
 
 
 if __name__ == "__main__":

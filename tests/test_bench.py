@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
 
 from experiments.bench import metrics
 from experiments.bench.client import LoadSpec, chat_url, run_level
@@ -28,20 +29,9 @@ E2E_MS = TTFT_MS + (N_TOKENS - 1) * ITL_MS           # 140 ms
 SLACK_MS = 15.0                                       # scheduling jitter on a busy 2-core box
 
 
-def _free_port() -> int:
-    for port in range(8170, 8200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port in 8170-8199")
-
-
 @pytest.fixture(scope="module")
 def stub():
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "experiments.bench.stub_server", "--port", str(port),
          "--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS), "--n-tokens", str(N_TOKENS)],
@@ -155,7 +145,7 @@ def test_errors_are_recorded_and_counted(stub):
 
 
 def test_connection_refused_is_recorded():
-    port = _free_port()                                    # nothing listens there
+    port = free_port()                                    # nothing listens there
     rec = run_level(f"http://127.0.0.1:{port}", "m", [_body()], LoadSpec(concurrency=1, num_requests=1),
                     progress=False).records[0]
     assert not rec.success and rec.error_kind == "connection_error" and rec.status is None

@@ -1,7 +1,6 @@
 """Every method x profile composes and passes Axolotl's own validation; bad input fails fast, naming the key."""
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import time

@@ -3,13 +3,11 @@ chat, streaming and tool calls; the unmerged adapter is served under its own nam
 from __future__ import annotations
 
 import json
-import os
 import socket
 import urllib.request
 from pathlib import Path
 
 import jsonschema
-import pytest
 import torch
 from safetensors import safe_open
 

@@ -4,7 +4,6 @@ is consistent, and is tracked."""
 from __future__ import annotations
 
 import csv
-import json
 import re
 import urllib.request
 

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import urllib.parse
 import urllib.request
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SESSION_COMPARISON, read_json
+from conftest import SESSION_COMPARISON, free_port, read_json
 from experiments.ui import start_ui
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -29,18 +28,6 @@ TAGS = ("stage", "method", "model", "comparison", "training_run")
 FINAL_METRICS = ("final_train_loss", "final_eval_loss", "steps", "wall_time_s", "tokens_per_s", "trainable_params")
 
 
-def ui_port() -> int:
-    """A free port in 5500-5599 (the range this suite's servers use)."""
-    for port in range(5500, 5600):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port in 5500-5599")
-
-
 @pytest.fixture(scope="module")
 def compared(trained_run):
     """Two runs of the session's comparison (trained_run gives every training its id)."""
@@ -50,7 +37,7 @@ def compared(trained_run):
 @pytest.fixture(scope="module")
 def ui(compared, tmp_path_factory):
     info = read_json(compared[0] / "run.json")["mlflow"]
-    port = ui_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("ui") / "mlflow-ui.log"
     with open(log_path, "w") as log:
         proc = start_ui(info["tracking_uri"], port=port, log=log)
