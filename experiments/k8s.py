@@ -112,6 +112,9 @@ def _common_env(cfg: DictConfig) -> list[dict]:
         {"name": "MLFLOW_EXPERIMENT", "value": str(cfg.tracking.experiment)},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         _secret_env(cfg, "HF_TOKEN", k.secrets.hub_token_key),
+        # an MLflow server behind basic auth: the client reads these (never put them in the URI)
+        _secret_env(cfg, "MLFLOW_TRACKING_USERNAME", k.secrets.tracking_username_key),
+        _secret_env(cfg, "MLFLOW_TRACKING_PASSWORD", k.secrets.tracking_password_key),
     ]
 
 
@@ -298,6 +301,10 @@ def render(cfg: DictConfig, overrides: Sequence[str], run_id: str) -> dict[str, 
     """Pure: composed config (with pod paths) -> {file name: manifests}, in apply order."""
     cfg = OmegaConf.merge(cfg, {"run": {"id": run_id}})  # every pod joins this run id
     check_launcher(cfg)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@]+@", str(cfg.tracking.uri)):
+        raise K8sError("tracking.uri carries credentials; put them in the Secret "
+                       f"({cfg.k8s.secrets.name}: {cfg.k8s.secrets.tracking_username_key}/"
+                       f"{cfg.k8s.secrets.tracking_password_key}) and give the URI without them")
     # What `make train` would refuse (batch arithmetic, ZeRO-3 + QLoRA...) is refused here, not in the cluster.
     run_dir = Path(str(cfg.paths.results)) / run_id
     build_axolotl_config(cfg, run_dir=run_dir, dataset_path=run_dir / "data" / "train.jsonl", mlflow_run_name=run_id)
@@ -372,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if str(cfg.tracking.uri).startswith("sqlite"):
             print(f"[k8s] note: tracking.uri={cfg.tracking.uri} is SQLite on the shared claim; with several pods "
                   "writing at once prefer an MLflow server: TRACKING_URI=http://<mlflow>:5000 make k8s ...")
+        elif re.search(r"://(127\.0\.0\.1|localhost)[:/]", str(cfg.tracking.uri)):
+            print(f"[k8s] note: tracking.uri={cfg.tracking.uri} is this machine's loopback, which pods cannot reach: "
+                  "TRACKING_URI=http://<mlflow service>:5000 make k8s ...")
         print(f"[k8s] run {run_id}: launcher={ln.name} {ln.gpus} GPU(s) x {ln.nnodes} node(s) (world size {world_size(cfg)}), "
               f"serve TP={cfg.serve.tensor_parallel_size} PP={cfg.serve.pipeline_parallel_size} DP={cfg.serve.data_parallel_size}; "
               f"{sum(len(d) for d in files.values())} objects valid against Kubernetes {cfg.k8s.kubernetes_version} (strict)")

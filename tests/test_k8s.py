@@ -143,6 +143,9 @@ def test_secrets_are_references_never_values(monkeypatch):
             ref = env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
             assert ref == {"name": "tool-calling-ft-secrets", "key": "HF_TOKEN", "optional": True}
             assert "value" not in env["HF_TOKEN"]
+            assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "MLFLOW_TRACKING_PASSWORD"
+    with pytest.raises(K8sError, match="tracking.uri carries credentials"):
+        rendered([*GPU_2N, "tracking.uri=http://alice:s3cret@mlflow:5000"])
     for name in (("Deployment", "ft-2n-vllm"), ("Job", "ft-2n-eval"), ("Job", "ft-2n-bench")):
         env = env_of(by_kind(files)[name]["spec"]["template"]["spec"]["containers"][0])
         assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "VLLM_API_KEY"
