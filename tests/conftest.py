@@ -93,3 +93,11 @@ def merged_server(merged_run):
         yield endpoint
     finally:
         stop_server(merged_run, "merged")
+
+
+def whitespace_bias(model_dir: Path) -> dict[str, int]:
+    """logit_bias that forbids pure-whitespace tokens. The constrained grammar of a named tool
+    allows any whitespace between JSON fields, and random weights happily emit it until
+    max_tokens; without it the call is complete after a few tokens."""
+    vocab = json.loads((model_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    return {str(i): -100 for tok, i in vocab.items() if tok and set(tok) <= set(" \n\t\rĠĊĉč")}

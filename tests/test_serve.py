@@ -11,7 +11,7 @@ import jsonschema
 import torch
 from safetensors import safe_open
 
-from conftest import hydra_args, make, read_json, start_server, stop_server
+from conftest import hydra_args, make, read_json, start_server, stop_server, whitespace_bias
 from experiments.serving import pid_alive
 
 WEATHER_TOOL = {"type": "function", "function": {
@@ -95,14 +95,6 @@ def test_streaming_yields_chunks_and_usage(merged_server):
     assert len(deltas) >= 2
     usage = [c["usage"] for c in chunks if c.get("usage")]
     assert usage and usage[-1]["completion_tokens"] > 0
-
-
-def whitespace_bias(model_dir: Path) -> dict[str, int]:
-    """logit_bias that forbids pure-whitespace tokens. The constrained grammar of a named tool
-    allows any whitespace between JSON fields, and random weights happily emit it until
-    max_tokens; without it the call is complete after a few tokens."""
-    vocab = json.loads((model_dir / "tokenizer.json").read_text())["model"]["vocab"]
-    return {str(i): -100 for tok, i in vocab.items() if tok and set(tok) <= set(" \n\t\rĠĊĉč")}
 
 
 def test_named_strict_tool_comes_back_parsed(merged_server, merged_run):

@@ -21,7 +21,7 @@ from experiments import runs
 from experiments.config import compose
 from experiments.train import ensure_model
 
-from conftest import hydra_args, make, read_json
+from conftest import hydra_args, make, read_json, whitespace_bias
 
 PORT_TP1, PORT_TP2 = 8331, 8332
 PROMPTS = ["Hello! What can you do?", "List three prime numbers.", "What is 2+2?", "Name a color.",
@@ -36,12 +36,12 @@ WEATHER = {"type": "function", "function": {
                    "required": ["city", "unit"], "additionalProperties": False}}}
 
 
-def chat(base_url: str, model: str, prompt: str, tools: bool = False) -> dict:
+def chat(base_url: str, model: str, prompt: str, tools: bool = False, logit_bias: dict | None = None) -> dict:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 32,
             "logprobs": True, "top_logprobs": 2}
     if tools:  # a named strict tool: the server must return a parsed tool call (findings)
         body.update(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                    max_tokens=128)
+                    max_tokens=128, logit_bias=logit_bias)
     req = urllib.request.Request(base_url + "/chat/completions", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=120) as r:
@@ -51,7 +51,8 @@ def chat(base_url: str, model: str, prompt: str, tools: bool = False) -> dict:
 def answers(endpoint: dict) -> list[dict]:
     out = []
     for i, prompt in enumerate(PROMPTS):
-        ch = chat(endpoint["base_url"], endpoint["model"], prompt, tools=(i == TOOL_PROMPT))
+        ch = chat(endpoint["base_url"], endpoint["model"], prompt, tools=(i == TOOL_PROMPT),
+                  logit_bias=whitespace_bias(Path(endpoint["model_path"])))
         msg, steps = ch["message"], (ch.get("logprobs") or {}).get("content") or []
         out.append({"content": msg.get("content"),
                     "tool_calls": [(c["function"]["name"], c["function"]["arguments"]) for c in msg.get("tool_calls") or []],
@@ -126,10 +127,12 @@ def test_tp2_is_really_two_workers(tp2_server):
 
 def test_tp2_answers_like_one_worker(tp2_server, single_worker_answers):
     tp2 = answers(tp2_server)
-    for one, two in zip(single_worker_answers, tp2):
+    for i, (one, two) in enumerate(zip(single_worker_answers, tp2)):
         assert two["tokens"] and (two["content"], two["tool_calls"], two["tokens"]) == (one["content"], one["tool_calls"], one["tokens"])
         noise = max(abs(a - b) for a, b in zip(one["logprobs"], two["logprobs"]))
-        assert noise < 1e-3 and noise < min(one["margins"]) / 10, (noise, min(one["margins"]))
+        assert noise < 1e-3, noise
+        if i != TOOL_PROMPT:  # under the tool grammar and logit_bias the pick need not be the raw top token
+            assert noise < min(one["margins"]) / 10, (noise, min(one["margins"]))
     name, arguments = single_worker_answers[TOOL_PROMPT]["tool_calls"][0]  # the tool path, identical too
     assert name == "get_weather" and json.loads(arguments)["city"] in ("Paris", "London", "Tokyo")
 
