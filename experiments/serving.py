@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -27,6 +24,8 @@ from typing import Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import envs, runs
+from experiments.procs import healthy, port_free, process_alive, stop_group
+
 
 MODEL_KINDS = ("merged", "adapter", "base")
 
@@ -97,38 +96,6 @@ def what_to_serve(run_dir: Path, kind: str) -> tuple[str, str, tuple[str, str] |
     return info["model_path"], names["base"], None
 
 
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
-def healthy(root_url: str, timeout_s: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(root_url + "/health", timeout=timeout_s) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited child not yet reaped) is not alive
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
-    except OSError:
-        return False
-
-
 def _log_tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
@@ -168,7 +135,7 @@ def start_server(cfg: DictConfig, run_dir: Path, kind: str) -> Endpoint:
             (sdir / "server.pid").unlink(missing_ok=True)
             raise ServeError(f"vLLM exited with code {proc.returncode} while starting; {log_path}:\n{_log_tail(log_path)}")
         if time.time() > deadline:
-            _terminate(proc.pid)
+            stop_group(proc.pid)
             (sdir / "server.pid").unlink(missing_ok=True)
             raise ServeError(f"vLLM not healthy after {serve.startup_timeout_s} s; {log_path}:\n{_log_tail(log_path)}")
         time.sleep(1.0)
@@ -185,30 +152,10 @@ def read_endpoint(run_dir: Path, kind: str) -> Endpoint | None:
     if not path.exists():
         return None
     info = runs.read_json(path)
-    if not (info.get("pid") and pid_alive(info["pid"]) and healthy(info["base_url"][:-3])):
+    if not (info.get("pid") and process_alive(info["pid"]) and healthy(info["base_url"][:-3])):
         return None
     key = os.environ.get(info["api_key_env"]) if info.get("api_key_env") else None
     return Endpoint(base_url=info["base_url"], model=info["model"], kind=kind, api_key=key, pid=info["pid"])
-
-
-def _terminate(pid: int, timeout_s: float = 30.0) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)  # the server is its own process-group leader
-    except ProcessLookupError:
-        return
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        if not pid_alive(pid):
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def stop_server(run_dir: Path, kind: str) -> bool:
@@ -220,8 +167,8 @@ def stop_server(run_dir: Path, kind: str) -> bool:
     pid = int(pid_file.read_text().strip())
     cmdline = Path(f"/proc/{pid}/cmdline")
     # A recycled PID belongs to someone else: only signal it if it is still our vLLM server.
-    if pid_alive(pid) and cmdline.exists() and b"vllm.entrypoints.openai.api_server" in cmdline.read_bytes():
-        _terminate(pid)
+    if process_alive(pid) and cmdline.exists() and b"vllm.entrypoints.openai.api_server" in cmdline.read_bytes():
+        stop_group(pid)
     pid_file.unlink(missing_ok=True)
     (sdir / "endpoint.json").unlink(missing_ok=True)
     return True

@@ -23,19 +23,16 @@ import os
 import re
 import secrets
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from experiments import runs
 from experiments.config import ConfigError, compose
+from experiments.procs import group_members, healthy, port_free, process_alive, stop_group
 
 STATE = "server.json"
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")  # role/database names we interpolate into SQL
@@ -188,48 +185,9 @@ def credentials(server: DictConfig) -> tuple[str, str]:
 
 # --- MLflow -----------------------------------------------------------------------------------
 
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT after a stop is no conflict
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
-def healthy(url: str, timeout_s: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=timeout_s) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def local_url(server: DictConfig) -> str:
     host = "127.0.0.1" if str(server.host) in ("0.0.0.0", "::") else str(server.host)
     return f"http://{host}:{int(server.port)}"
-
-
-def process_alive(pid: int) -> bool:
-    """Running, not merely a zombie waiting for a parent to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def group_members(pgid: int) -> list[int]:
-    """PIDs whose process group is pgid (the MLflow CLI starts uvicorn as a child)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(stat.parent.name))
-    return pids
 
 
 def is_our_mlflow(pid: int, port: int) -> bool:
@@ -239,24 +197,6 @@ def is_our_mlflow(pid: int, port: int) -> bool:
     except OSError:
         return False
     return b"mlflow" in cmd and b"server" in cmd and str(port).encode() in cmd
-
-
-def stop_group(pgid: int, timeout_s: float = 30.0) -> None:
-    """SIGTERM the group, wait for every member, SIGKILL what is left after the timeout."""
-    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.time() + wait
-        while time.time() < deadline:
-            try:
-                os.waitpid(-pgid, os.WNOHANG)  # reap if it is our child (it is not, across make calls)
-            except ChildProcessError:
-                pass
-            if not group_members(pgid):
-                return
-            time.sleep(0.2)
 
 
 def start_mlflow(server: DictConfig, lay: Layout, user: str, password: str) -> int:
