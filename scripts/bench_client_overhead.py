@@ -22,12 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from experiments.procs import healthy  # noqa: E402
 from scripts.bench_crosscheck import VLLM_BENCH, default_serve_python  # noqa: E402
 
 OURS = """
@@ -84,11 +84,9 @@ def main(argv=None) -> int:
     results = {"ours": [], "vllm": []}
     try:
         for _ in range(100):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1).read()
+            if healthy(url, timeout_s=1):
                 break
-            except OSError:
-                time.sleep(0.1)
+            time.sleep(0.1)
         pin = ["taskset", "-c", a.client_cpu]
         for rep in range(a.repeats):
             out, stub_s = timed([*pin, sys.executable, "-c", OURS, str(a.concurrency), str(a.num_requests),

@@ -10,12 +10,12 @@ import math
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import free_port
+from experiments.procs import healthy
 
 from experiments.bench import metrics
 from experiments.bench.client import LoadSpec, chat_url, run_level
@@ -39,13 +39,11 @@ def stub():
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1).read()
+            if healthy(url, timeout_s=1):
                 break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"stub server exited: {proc.stderr.read().decode()[-2000:]}")
-                time.sleep(0.1)
+            if proc.poll() is not None:
+                pytest.fail(f"stub server exited: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
         yield url
     finally:
         proc.terminate()
