@@ -57,16 +57,16 @@ merge: env-eval env-train ## Merge a run's adapter into its base model: make mer
 	@$(EVAL_PY) scripts/merge.py $(if $(RUN),--run $(RUN)) $(HYDRA) $(ARGS)
 
 serve: env-eval env-serve ## Start vLLM for a run: make serve [RUN=...] [MODEL=merged|adapter|base]
-	@$(EVAL_PY) -m experiments.serving start $(if $(RUN),--run $(RUN)) --model $(MODEL) $(HYDRA) $(ARGS)
+	@$(EVAL_PY) -m experiments.serve.server start $(if $(RUN),--run $(RUN)) --model $(MODEL) $(HYDRA) $(ARGS)
 
 stop: env-eval ## Stop the server `make serve` started (by its PID): make stop [RUN=...] [MODEL=...]
-	@$(EVAL_PY) -m experiments.serving stop $(if $(RUN),--run $(RUN)) --model $(MODEL) $(HYDRA) $(ARGS)
+	@$(EVAL_PY) -m experiments.serve.server stop $(if $(RUN),--run $(RUN)) --model $(MODEL) $(HYDRA) $(ARGS)
 
 eval: env-eval env-serve ## BFCL with bfcl-eval's checker: make eval [RUN=...] [MODEL=merged|adapter|base] [BFCL=quick|full] [ENDPOINT=url]
-	@$(EVAL_PY) -m experiments.evaluate $(STAGE_OPTS) $(HYDRA) $(if $(BFCL),bfcl=$(BFCL)) $(ARGS)
+	@$(EVAL_PY) -m experiments.bfcl.stage $(STAGE_OPTS) $(HYDRA) $(if $(BFCL),bfcl=$(BFCL)) $(ARGS)
 
 bench: env-eval env-serve ## Load test: make bench [RUN=...] [MODEL=...] [CONC=32 | CONC=1,4,16,32 | RATE=10] [ENDPOINT=url]
-	@$(EVAL_PY) -m experiments.benchmark $(STAGE_OPTS) $(HYDRA) $(if $(CONC),bench.concurrency=[$(CONC)]) $(if $(RATE),bench.rate=[$(RATE)]) $(ARGS)
+	@$(EVAL_PY) -m experiments.bench.stage $(STAGE_OPTS) $(HYDRA) $(if $(CONC),bench.concurrency=[$(CONC)]) $(if $(RATE),bench.rate=[$(RATE)]) $(ARGS)
 
 report: env-eval ## Write results/<run>/report.md from the run's files: make report [RUN=...] [RUNS=a,b]
 	@$(EVAL_PY) -m experiments.report $(if $(RUN),--run $(RUN)) $(if $(RUNS),--runs $(RUNS)) $(HYDRA) $(ARGS)
@@ -75,24 +75,24 @@ all: env ## The whole chain: train -> merge -> serve -> eval -> bench -> report 
 	@$(EVAL_PY) -m experiments.pipeline $(if $(RUN),--run $(RUN)) $(if $(FRESH),--fresh) method=$(METHOD) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
 
 compare: env-eval env-train ## Train several methods under one comparison id and report them: make compare [METHODS=qlora,dora] [COMPARISON=id]
-	@$(EVAL_PY) -m experiments.compare $(if $(METHODS),--methods $(METHODS)) $(if $(COMPARISON),--comparison $(COMPARISON)) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
+	@$(EVAL_PY) -m experiments.report.compare $(if $(METHODS),--methods $(METHODS)) $(if $(COMPARISON),--comparison $(COMPARISON)) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
 
 test: env ## Run the test suite (the command CI runs)
 	@$(EVAL_PY) -m pytest tests --basetemp=$(CURDIR)/.pytest-tmp $(PYTEST_ARGS)
 
 ui: env-eval ## Open the MLflow UI on 127.0.0.1:5000 for the local store
-	@$(EVAL_PY) -m experiments.ui $(HYDRA) $(ARGS)
+	@$(EVAL_PY) -m experiments.tracking.ui $(HYDRA) $(ARGS)
 
 .PHONY: k8s
 k8s: env-eval ## Kubernetes manifests for a run, strictly validated: make k8s PROFILE=h100 LAUNCHER=ddp GPUS=8 NNODES=2 ARGS="run.id=ft1"
 	@$(EVAL_PY) scripts/k8s.py method=$(METHOD) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
 
-# Team tracking: PostgreSQL + MLflow server on this machine (experiments/tracking_server.py).
+# Team tracking: PostgreSQL + MLflow server on this machine (experiments/tracking/server.py).
 # `make train tracking=postgres` (Hydra's spelling) works like TRACKING=postgres.
 ifeq ($(TRACKING),)
 HYDRA += $(if $(tracking),tracking=$(tracking))
 endif
-TRACKING_SERVER = $(EVAL_PY) -m experiments.tracking_server
+TRACKING_SERVER = $(EVAL_PY) -m experiments.tracking.server
 .PHONY: tracking-server tracking-stop tracking-status sync
 tracking-server: env-eval ## Start PostgreSQL + an MLflow server on 127.0.0.1:5400 (then TRACKING=postgres)
 	@$(TRACKING_SERVER) start tracking=$(or $(TRACKING),$(tracking),postgres) $(ARGS)
@@ -104,7 +104,7 @@ tracking-status: env-eval ## Is this machine's tracking server up? (PIDs, ports,
 	@$(TRACKING_SERVER) status tracking=$(or $(TRACKING),$(tracking),postgres) $(ARGS)
 
 sync: env-eval ## Log a run folder into a tracking store: make sync RUN=<run_id> TRACKING=postgres [FORCE=1]
-	@$(EVAL_PY) -m experiments.sync $(if $(RUN),--run $(RUN)) $(if $(FORCE),--force) $(HYDRA) $(ARGS)
+	@$(EVAL_PY) -m experiments.tracking.sync $(if $(RUN),--run $(RUN)) $(if $(FORCE),--force) $(HYDRA) $(ARGS)
 
 clean-envs: ## Remove the environments (results/ is never touched)
 	rm -rf $(VENV)

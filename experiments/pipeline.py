@@ -18,8 +18,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from experiments import runs, serving
-from experiments.config import ConfigError, compose
+from experiments.core import runs
+from experiments.serve import server as serving
+from experiments.core.config import ConfigError, compose
 
 
 def _done(run_dir: Path, stage: str) -> bool:
@@ -43,7 +44,11 @@ def pick_run(cfg: DictConfig, run: str | None, fresh: bool) -> Path | None:
 
 def run_all(overrides: list[str], run: str | None = None, fresh: bool = False, kind: str = "merged") -> Path:
     # Imported here so `make all --help` stays instant.
-    from experiments import benchmark, evaluate, merge, report, train
+    from experiments.bench import stage as benchmark
+    from experiments.bfcl import stage as evaluate
+    from experiments.train import merge
+    from experiments import report
+    from experiments.train import stage as train
 
     cfg = compose(overrides)
     timings: dict[str, float] = {}

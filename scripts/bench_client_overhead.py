@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from experiments.procs import healthy  # noqa: E402
+from experiments.core.procs import healthy  # noqa: E402
 from scripts.bench_crosscheck import VLLM_BENCH, default_serve_python  # noqa: E402
 
 OURS = """

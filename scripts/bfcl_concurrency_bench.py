@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.bfcl import run_bfcl  # noqa: E402
 from experiments.bfcl.run import DEFAULT_NUM_THREADS  # noqa: E402
-from experiments.runs import write_json_atomic  # noqa: E402
+from experiments.core.runs import write_json_atomic  # noqa: E402
 
 
 def verdicts(out: Path) -> dict[str, tuple[str, str]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.toolace import format_pythonic_calls  # noqa: E402
+from experiments.data.toolace import format_pythonic_calls  # noqa: E402
 
 # ToolACE's system prompt: instructions, the JSON tool list, then the pythonic-format instruction.
 SYSTEM_HEAD = (

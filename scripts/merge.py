@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""make merge -> experiments.merge (--run RUN, then Hydra overrides)."""
+"""make merge -> experiments.train.merge (--run RUN, then Hydra overrides)."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from experiments.merge import main  # noqa: E402
+from experiments.train.merge import main  # noqa: E402
 
 sys.exit(main())

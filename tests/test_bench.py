@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from experiments.procs import healthy
+from experiments.core.procs import healthy
 
 from experiments.bench import metrics
 from experiments.bench.client import LoadSpec, chat_url, run_level

@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("bfcl_eval", reason="needs the eval environment (bfcl-eval)")
 
 from experiments.bfcl import run_bfcl, spec, tables  # noqa: E402
-from experiments.paths import REPO_ROOT  # noqa: E402
+from experiments.core.paths import REPO_ROOT  # noqa: E402
 
 SINGLE_TURN = spec.NON_LIVE + spec.LIVE
 AST = [c for c in SINGLE_TURN if c not in spec.IRRELEVANCE + spec.RELEVANCE]

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from experiments.axolotl_config import CombinationError, build_axolotl_config
-from experiments.config import ConfigError, compose
-from experiments.envs import subprocess_env
+from experiments.train.axolotl_config import CombinationError, build_axolotl_config
+from experiments.core.config import ConfigError, compose
+from experiments.core.envs import subprocess_env
 
 from conftest import REPO, TRAIN_PY, hydra_args, make
 
@@ -31,7 +31,7 @@ def render(overrides, tmp_path: Path, name: str) -> Path:
 
 def validate(paths, cfg) -> subprocess.CompletedProcess:
     caps = json.dumps(OmegaConf.to_container(cfg.profile.capabilities))
-    return subprocess.run([str(TRAIN_PY), "-m", "experiments.axolotl_validate", *map(str, paths), "--capabilities", caps],
+    return subprocess.run([str(TRAIN_PY), "-m", "experiments.train.axolotl_validate", *map(str, paths), "--capabilities", caps],
                           capture_output=True, text=True, env=subprocess_env())
 
 

@@ -17,10 +17,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from experiments.axolotl_config import CombinationError, build_axolotl_config
-from experiments.config import compose
-from experiments.envs import subprocess_env
-from experiments.launcher import check_launcher, launch_command, read_rank_records, verify_ranks
+from experiments.train.axolotl_config import CombinationError, build_axolotl_config
+from experiments.core.config import compose
+from experiments.core.envs import subprocess_env
+from experiments.train.launcher import check_launcher, launch_command, read_rank_records, verify_ranks
 
 from conftest import REPO, SHORT_TRAIN, TRAIN_PY, hydra_args, make, read_json
 
@@ -64,7 +64,7 @@ def test_every_method_and_launcher_passes_axolotl_validation(profile, gpus, tmp_
             path.write_text(yaml.safe_dump(ax))
             paths.append(path)
     caps = json.dumps(OmegaConf.to_container(cfg.profile.capabilities))
-    proc = subprocess.run([str(TRAIN_PY), "-m", "experiments.axolotl_validate", *map(str, paths), "--capabilities", caps,
+    proc = subprocess.run([str(TRAIN_PY), "-m", "experiments.train.axolotl_validate", *map(str, paths), "--capabilities", caps,
                            "--world-size", str(gpus)], capture_output=True, text=True, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("valid (Axolotl schema)") == len(paths)

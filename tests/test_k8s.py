@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from experiments.k8s import K8sError, compose_for_cluster, dns_name, endpoint_url, render, validate
+from experiments.cluster.k8s import K8sError, compose_for_cluster, dns_name, endpoint_url, render, validate
 
 from conftest import REPO, hydra_args, make
 

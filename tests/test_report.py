@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from conftest import REPO, SESSION_COMPARISON, SHORT_TRAIN, hydra_args, make, read_json
-from experiments import compare, report
+from experiments.report import compare
+from experiments import report
 
 KIND = "merged"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 
 from conftest import hydra_args, make, read_json, start_server, stop_server, whitespace_bias
-from experiments.procs import process_alive as pid_alive
+from experiments.core.procs import process_alive as pid_alive
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather forecast for a city.", "strict": True,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments import runs
-from experiments.config import compose
-from experiments.train import ensure_model
+from experiments.core import runs
+from experiments.core.config import compose
+from experiments.train.stage import ensure_model
 
 from conftest import hydra_args, make, read_json, whitespace_bias
 

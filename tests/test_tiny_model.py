@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments import tiny_model  # noqa: E402  (stdlib-only at import time)
+from experiments.models import tiny_model  # noqa: E402  (stdlib-only at import time)
 
 TRAIN_PYTHON = os.environ.get("TRAIN_PYTHON", str(ROOT / ".venv" / "train" / "bin" / "python"))
 
@@ -32,7 +32,7 @@ BUILD_AND_LOAD = r"""
 import hashlib, json, os, sys, time
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from experiments import tiny_model as tm
+from experiments.models import tiny_model as tm
 
 a, b, c = sys.argv[1:4]
 t0 = time.time(); tm.build(a, seed=0); build_s = time.time() - t0
@@ -138,7 +138,7 @@ def test_tokenizer_is_qwen25_shaped(built):
 def test_cli_skips_a_complete_folder(built):
     _, d = built
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([TRAIN_PYTHON, "-m", "experiments.tiny_model", "--out", str(d / "a")],
+    proc = subprocess.run([TRAIN_PYTHON, "-m", "experiments.models.tiny_model", "--out", str(d / "a")],
                           capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "nothing to do" in proc.stderr

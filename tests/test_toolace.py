@@ -15,8 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments import toolace  # noqa: E402
-from experiments.toolace import CallParseError, RowError, parse_pythonic_calls  # noqa: E402
+from experiments.data import toolace  # noqa: E402
+from experiments.data.toolace import CallParseError, RowError, parse_pythonic_calls  # noqa: E402
 
 SAMPLE = ROOT / "data" / "toolace_sample.jsonl"
 TRAIN_PYTHON = os.environ.get("TRAIN_PYTHON", str(ROOT / ".venv" / "train" / "bin" / "python"))
@@ -252,7 +252,8 @@ import datasets
 from transformers import AutoTokenizer
 from axolotl.utils.dict import DictDefault
 from axolotl.prompt_strategies.chat_template import load as load_strategy
-from experiments import toolace, tiny_model
+from experiments.data import toolace
+from experiments.models import tiny_model
 
 model_dir, raw_path, converted_path = sys.argv[1:4]
 tiny_model.build(model_dir)

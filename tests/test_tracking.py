@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from experiments import sync, tracking
-from experiments.config import compose
+from experiments.tracking import sync
+from experiments.tracking import client as tracking
+from experiments.core.config import compose
 
 
 def test_postgres_tracking_is_config_only(monkeypatch):

@@ -1,4 +1,4 @@
-"""The MLflow UI as a user looks at it: `experiments.ui.start_ui` (what `make ui` runs) over the
+"""The MLflow UI as a user looks at it: `experiments.tracking.ui.start_ui` (what `make ui` runs) over the
 session's tracking store; MLflow's REST API must hold every run of the comparison in one experiment,
 tagged so the compare view lines them up, with the key metrics equal to the run folders; and headless
 Chromium must render the runs table and the compare view with those runs in them."""
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SESSION_COMPARISON, free_port, read_json
-from experiments.ui import start_ui
+from experiments.tracking.ui import start_ui
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Headless Chromium as root on a closed network (see docs: without the background-networking

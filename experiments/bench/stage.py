@@ -12,12 +12,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import runs, serving
+from experiments.core import runs
+from experiments.serve import server as serving
 from experiments.bench import metrics
 from experiments.bench.run import run_bench
-from experiments.cli import run_model_stage
-from experiments.config import ConfigError
-from experiments.tracking import Tracker, TrackingError
+from experiments.core.cli import run_model_stage
+from experiments.core.config import ConfigError
+from experiments.tracking.client import Tracker, TrackingError
 
 
 

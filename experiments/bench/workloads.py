@@ -6,7 +6,7 @@ config (seed included) always gives the same list.
 - bfcl:      first turn (messages + tools) of BFCL's single-turn entries, tools converted to the
              OpenAI shape the way BFCL's own OpenAI handler does it (Gorilla types -> JSON Schema
              types, dots in names -> underscores).
-- toolace:   the ToolACE-schema sample through experiments.toolace's converter: system + first
+- toolace:   the ToolACE-schema sample through experiments.data.toolace's converter: system + first
              user turn, with the row's tools.
 - synthetic: a user message of `input_tokens` tokens (exact with `tokenizer`, else ~1 token per
              word) and exactly `max_tokens` output tokens (`ignore_eos`), for roofline comparisons.
@@ -118,9 +118,9 @@ def _schema(node: dict, mapping: Mapping[str, str]) -> dict:
 # --- toolace ------------------------------------------------------------------------------
 
 def _toolace_pool(path: Path) -> list[dict]:
-    """Raw ToolACE rows (or rows already converted by experiments.toolace, in its storage form)
+    """Raw ToolACE rows (or rows already converted by experiments.data.toolace, in its storage form)
     -> the repository's converter -> plain OpenAI dicts; rows it rejects are left out."""
-    from experiments.toolace import convert_rows, load_raw, to_native
+    from experiments.data.toolace import convert_rows, load_raw, to_native
 
     if not path.is_file():
         raise ValueError(f"workload toolace: {path} not found")

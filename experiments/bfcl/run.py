@@ -22,9 +22,9 @@ from pathlib import Path
 
 from experiments.bfcl import spec, tables
 from experiments.bfcl.tables import META_FILE
-from experiments.envs import subprocess_env
-from experiments.paths import REPO_ROOT
-from experiments.runs import write_json_atomic, write_text_atomic
+from experiments.core.envs import subprocess_env
+from experiments.core.paths import REPO_ROOT
+from experiments.core.runs import write_json_atomic, write_text_atomic
 
 JOB_FILE = "bfcl_job.json"
 LOG_FILE = "bfcl.log"

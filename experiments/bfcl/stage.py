@@ -14,11 +14,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from experiments import runs, serving
+from experiments.core import runs
+from experiments.serve import server as serving
 from experiments.bfcl.run import BfclError, attach_baseline, run_bfcl
-from experiments.cli import run_model_stage
-from experiments.config import ConfigError
-from experiments.tracking import Tracker, TrackingError
+from experiments.core.cli import run_model_stage
+from experiments.core.config import ConfigError
+from experiments.tracking.client import Tracker, TrackingError
 
 
 def out_dir(run_dir: Path, kind: str) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from experiments.bfcl import spec
 from experiments.bfcl.tables import IDS_FILE, META_FILE
-from experiments.runs import write_json_atomic
+from experiments.core.runs import write_json_atomic
 
 
 def _handler_class():

@@ -27,11 +27,11 @@ from typing import Sequence
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import runs
-from experiments.axolotl_config import build_axolotl_config, world_size
-from experiments.config import ConfigError, compose
-from experiments.launcher import check_launcher
-from experiments.serving import served_names, vllm_command
+from experiments.core import runs
+from experiments.train.axolotl_config import build_axolotl_config
+from experiments.core.config import ConfigError, compose, world_size
+from experiments.train.launcher import check_launcher
+from experiments.serve.server import served_names, vllm_command
 
 # Overrides that `make` spells as its own variables; the rest travel in ARGS.
 MAKE_VARS = {"method": "METHOD", "profile": "PROFILE", "launcher": "LAUNCHER", "launcher.gpus": "GPUS",
@@ -227,7 +227,7 @@ def merge_job(cfg: DictConfig, overrides: Sequence[str], run_id: str, base: str)
 
 
 def serve_objects(cfg: DictConfig, run_id: str, base: str) -> list[dict]:
-    """vLLM with the serve group's argv (experiments.serving.vllm_command) on 0.0.0.0."""
+    """vLLM with the serve group's argv (experiments.serve.server.vllm_command) on 0.0.0.0."""
     s, k = cfg.serve, cfg.k8s
     kind = str(k.serve.model)
     names = served_names(run_id)
@@ -363,7 +363,7 @@ def to_yaml(docs: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`make k8s`: python -m experiments.k8s [Hydra overrides] -> <k8s.out_dir>/<run_id>/*.yaml"""
+    """`make k8s`: python -m experiments.cluster.k8s [Hydra overrides] -> <k8s.out_dir>/<run_id>/*.yaml"""
     overrides = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = compose_for_cluster(overrides)

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from experiments import runs
-from experiments.config import compose
+from experiments.core import runs
+from experiments.core.config import compose
 
 
 def run_model_stage(name: str, description: str, stage: Callable, errors: tuple[type[Exception], ...], argv=None) -> int:

@@ -10,7 +10,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.paths import CONF_DIR, REPO_ROOT
+from experiments.core.paths import CONF_DIR, REPO_ROOT
 
 
 class ConfigError(ValueError):
@@ -28,6 +28,11 @@ def compose(overrides: Sequence[str] = (), *, resolve: bool = True) -> DictConfi
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"conf/: {exc}") from None
     return cfg
+
+
+def world_size(cfg: DictConfig) -> int:
+    """Training processes in all: GPUs per node x nodes (`launcher` group)."""
+    return int(cfg.launcher.gpus) * int(cfg.launcher.nnodes)
 
 
 def to_yaml(cfg: DictConfig) -> str:

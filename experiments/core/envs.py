@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from experiments.paths import REPO_ROOT
+from experiments.core.paths import REPO_ROOT
 
 STAGES = ("train", "serve", "eval")
 

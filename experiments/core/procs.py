@@ -1,5 +1,5 @@
 """Local server processes (vLLM, MLflow): is a port free, does /health answer, is a PID alive,
-stop a process group. Shared by experiments.serving and experiments.tracking_server."""
+stop a process group. Shared by experiments.serve.server and experiments.tracking.server."""
 from __future__ import annotations
 
 import os

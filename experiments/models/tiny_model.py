@@ -7,7 +7,7 @@ untied lm_head), the tokenizer pipeline (NFC + Qwen2's split regex + byte-level 
 added tokens with Qwen2.5's special flags, eos/pad tokens, the generation config and the exact
 chat template (``<tools>`` block, Hermes ``<tool_call>`` JSON that vLLM's hermes parser reads).
 
-    python -m experiments.tiny_model --out DIR [--seed N]     # train env; skips a complete DIR
+    python -m experiments.models.tiny_model --out DIR [--seed N]     # train env; skips a complete DIR
 
 Same inputs (sample, Python docs version, seed, sizes, library versions) -> byte-identical files: the BPE trainer is
 deterministic, weights come from one seeded torch.Generator in sorted parameter order, and the
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CORPUS = ROOT / "data" / "toolace_sample.jsonl"
 MANIFEST = "tiny_model.json"
 FILES = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
@@ -154,7 +154,7 @@ def sample_texts(corpus_path: Path) -> list[str]:
     """Every sample row rendered through the chat template: exactly what the model reads in
     training (instructions, tool schemas as JSON, <tool_call> blocks, tool responses)."""
     sys.path.insert(0, str(ROOT))
-    from experiments import toolace
+    from experiments.data import toolace
 
     raw = toolace.load_raw(path=str(corpus_path))
     converted, rejects = toolace.convert_rows(raw)

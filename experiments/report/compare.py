@@ -1,7 +1,7 @@
 """`make compare [METHODS=qlora,dora] [COMPARISON=<id>]`: train several methods under one comparison
 id and report them side by side.
 
-Each method is trained with `experiments.train.train` (the same path as `make train`) with
+Each method is trained with `experiments.train.stage.train` (the same path as `make train`) with
 `run.comparison=<id>` added, so run.json and every MLflow run of it (train, and later eval and bench)
 carry the id as the `comparison` tag. A method whose run with that id already finished is not
 trained again: rerunning the same command after an interruption trains only what is missing.
@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from experiments import runs
-from experiments.config import ConfigError, compose
-from experiments.paths import CONF_DIR
+from experiments.core import runs
+from experiments.core.config import ConfigError, compose
+from experiments.core.paths import CONF_DIR
 
 DEFAULT_METHODS = ("qlora", "dora", "qlora_opt")
 
@@ -68,7 +68,8 @@ def _comparable(overrides: Sequence[str]) -> set[str]:
 
 def compare(overrides: Sequence[str], methods: Sequence[str] | None = None, comparison: str | None = None) -> Path:
     # Imported here: `make compare --help` stays instant.
-    from experiments import report, train
+    from experiments import report
+    from experiments.train import stage as train
 
     methods = list(methods or DEFAULT_METHODS)
     overrides = list(overrides)

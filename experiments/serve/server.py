@@ -23,8 +23,9 @@ from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import envs, runs
-from experiments.procs import healthy, port_free, process_alive, stop_group
+from experiments.core import envs
+from experiments.core import runs
+from experiments.core.procs import healthy, port_free, process_alive, stop_group
 
 
 MODEL_KINDS = ("merged", "adapter", "base")
@@ -200,11 +201,11 @@ def _first_model(base_url: str) -> str:
 
 
 def main(argv=None) -> int:
-    """`make serve` / `make stop`: python -m experiments.serving {start,stop} [--run R] [--model K] [overrides]"""
+    """`make serve` / `make stop`: python -m experiments.serve.server {start,stop} [--run R] [--model K] [overrides]"""
     import argparse
     import sys
 
-    from experiments.config import ConfigError, compose
+    from experiments.core.config import ConfigError, compose
 
     ap = argparse.ArgumentParser(description="Start or stop the vLLM server of a run")
     ap.add_argument("action", choices=["start", "stop"])

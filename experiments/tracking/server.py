@@ -30,9 +30,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from experiments import runs
-from experiments.config import ConfigError, compose
-from experiments.procs import group_members, healthy, port_free, process_alive, stop_group
+from experiments.core import runs
+from experiments.core.config import ConfigError, compose
+from experiments.core.procs import group_members, healthy, port_free, process_alive, stop_group
 
 STATE = "server.json"
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")  # role/database names we interpolate into SQL

@@ -21,9 +21,10 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from experiments import runs
-from experiments.config import ConfigError, compose
-from experiments.tracking import Tracker, TrackingError, check_reachable, client_for
+from experiments.core import runs
+from experiments.core.config import ConfigError, compose
+from experiments.tracking.params import train_params, train_tags  # the same as a live run
+from experiments.tracking.client import Tracker, TrackingError, check_reachable, client_for
 
 ARTIFACTS = ("axolotl.yaml", "config.yaml", "data/data_report.json", "train_metrics.json")
 NOT_METRICS = {"step", "time"}  # columns RunRecorderPlugin adds to each Trainer log line
@@ -65,8 +66,6 @@ def already_logged(client, experiment: str, run_id: str) -> str | None:
 
 def sync(run_dir: Path, tracking_cfg, *, force: bool = False) -> str:
     from mlflow.entities import Metric
-
-    from experiments.train import train_params, train_tags  # the same params/tags as a live run
 
     info = runs.read_json(run_dir / runs.RUN_JSON)
     run_id = info["run_id"]

@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from experiments.config import ConfigError, compose
+from experiments.core.config import ConfigError, compose
 
 
 def ui_command(uri: str, host: str, port: int) -> list[str]:

@@ -6,6 +6,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.core.config import world_size
+
 
 class CombinationError(ValueError):
     """Keys that each validate but cannot go together; the message names them."""
@@ -13,10 +15,6 @@ class CombinationError(ValueError):
 
 def _drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
-
-
-def world_size(cfg: DictConfig) -> int:
-    return int(cfg.launcher.gpus) * int(cfg.launcher.nnodes)
 
 
 def check_combinations(ax: dict, world: int) -> None:

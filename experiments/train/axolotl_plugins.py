@@ -50,11 +50,11 @@ class RunRecorderPlugin(BasePlugin):
       tokens/s, memory) from rank 0 — the local source of truth for train_metrics.json.
     - `<output_dir>/ranks/rank<k>.json` from every rank: world size, parallel mode, the wrapper
       around the model, the steps it ran, its share of the data and a digest of its LoRA weights
-      — the evidence that distributed training was real (experiments.launcher.verify_ranks).
+      — the evidence that distributed training was real (experiments.train.launcher.verify_ranks).
     """
 
     def add_callbacks_post_trainer(self, cfg, trainer):
-        from experiments.tracking import guard_mlflow_callbacks
+        from experiments.tracking.client import guard_mlflow_callbacks
 
         guard_mlflow_callbacks(trainer)  # a tracking server going away must not kill the training
         return [_RecorderCallback(trainer, cfg.output_dir)]

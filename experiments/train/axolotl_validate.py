@@ -3,7 +3,7 @@
 Axolotl's validator silently drops keys it does not know (`lora_targt_modules` passes), so
 we first check every key against the schema's field names and aliases ourselves.
 
-    python -m experiments.axolotl_validate results/<run>/axolotl.yaml --capabilities '{"bf16": false, ...}'
+    python -m experiments.train.axolotl_validate results/<run>/axolotl.yaml --capabilities '{"bf16": false, ...}'
 Exit code 2 and one line per problem on stderr when the config is invalid.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from experiments.axolotl_config import CombinationError
+from experiments.train.axolotl_config import CombinationError
 
 KINDS = ("python", "torchrun", "accelerate")
 
@@ -98,7 +98,7 @@ def expected_ranks(launcher: DictConfig) -> list[int]:
 
 
 def read_rank_records(ranks_dir: Path) -> dict[int, dict]:
-    """rank<k>.json written by experiments.axolotl_plugins.RunRecorderPlugin, by rank."""
+    """rank<k>.json written by experiments.train.axolotl_plugins.RunRecorderPlugin, by rank."""
     records = {}
     for path in sorted(Path(ranks_dir).glob("rank*.json")):
         rec = json.loads(path.read_text())

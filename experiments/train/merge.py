@@ -13,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from experiments import envs, runs
-from experiments.config import ConfigError, compose
-from experiments.tracking import TrackingError, check_reachable, client_for
+from experiments.core import envs
+from experiments.core import runs
+from experiments.core.config import ConfigError, compose
+from experiments.tracking.client import TrackingError, check_reachable, client_for
 
 # Files vLLM needs beside the weights; copied from the base model when the merge did not write them.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",

@@ -18,19 +18,17 @@ from typing import Sequence
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import envs, runs, toolace
-from experiments.axolotl_config import CombinationError, build_axolotl_config, world_size
-from experiments.config import ConfigError, compose
-from experiments.launcher import check_launcher, launch_command, launch_script, read_rank_records, verify_ranks
-from experiments.procmon import PeakRSS, safetensors_numel
-from experiments.tracking import Tracker, TrackingError, check_reachable
+from experiments.core import envs
+from experiments.core import runs
+from experiments.data import toolace
+from experiments.train.axolotl_config import CombinationError, build_axolotl_config
+from experiments.core.config import ConfigError, compose, world_size
+from experiments.train.launcher import check_launcher, launch_command, launch_script, read_rank_records, verify_ranks
+from experiments.core.procmon import PeakRSS, safetensors_numel
+from experiments.tracking.client import Tracker, TrackingError, check_reachable
+from experiments.tracking.params import train_params, train_tags
 
 # What Axolotl does not log about the adapter, and what we want to filter/compare runs on.
-LOGGED_AXOLOTL_PARAMS = (
-    "adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "peft_use_dora",
-    "load_in_4bit", "learning_rate", "lr_scheduler", "optimizer", "micro_batch_size",
-    "gradient_accumulation_steps", "sequence_len", "sample_packing", "max_steps", "num_epochs",
-)
 
 
 class StageError(RuntimeError):
@@ -52,7 +50,7 @@ def validate_axolotl(ax: dict, cfg: DictConfig) -> None:
     caps = OmegaConf.to_container(cfg.profile.capabilities, resolve=True)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="axolotl-", delete=False) as f:
         yaml.safe_dump(ax, f, sort_keys=False)
-    cmd = [str(envs.python("train", Path(cfg.paths.venv))), "-m", "experiments.axolotl_validate", f.name,
+    cmd = [str(envs.python("train", Path(cfg.paths.venv))), "-m", "experiments.train.axolotl_validate", f.name,
            "--capabilities", json.dumps(caps), "--world-size", str(world_size(cfg))]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=envs.subprocess_env())
     Path(f.name).unlink(missing_ok=True)
@@ -66,7 +64,7 @@ def ensure_model(cfg: DictConfig) -> None:
     if cfg.model.build != "tiny" or (Path(cfg.model.path) / "config.json").exists():
         return
     print(f"[train] building the tiny model at {cfg.model.path} (once)")
-    subprocess.run([str(envs.python("train", Path(cfg.paths.venv))), "-m", "experiments.tiny_model",
+    subprocess.run([str(envs.python("train", Path(cfg.paths.venv))), "-m", "experiments.models.tiny_model",
                     "--out", str(cfg.model.path)], check=True, env=envs.subprocess_env())
 
 
@@ -122,23 +120,6 @@ def summarize_training(log: list[dict], *, wall_time_s: float, peak_rss_bytes: i
 def _env_vars(node: DictConfig) -> dict:
     env = node.get("env")
     return OmegaConf.to_container(env, resolve=True) if env else {}
-
-
-def train_tags(cfg: DictConfig, run_id: str) -> dict:
-    """Tags of a training's MLflow run (also used by `make sync` to re-create it)."""
-    return {"stage": "train", "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name,
-            "profile": cfg.profile.name, "launcher": cfg.launcher.name, "comparison": cfg.run.comparison,
-            "training_run": run_id}
-
-
-def train_params(cfg: DictConfig, ax: dict, data_report: dict) -> dict:
-    """Params of a training's MLflow run (also used by `make sync` to re-create it)."""
-    params = {"method": cfg.method.name, "model": cfg.model.name, "model_path": cfg.model.path,
-              "data": cfg.data.name, "profile": cfg.profile.name, "launcher": cfg.launcher.name,
-              "world_size": world_size(cfg), "train_rows": data_report["rows_out"],
-              "rejected_rows": data_report["rejected"]}
-    params.update({f"cfg.{k}": ax.get(k) for k in LOGGED_AXOLOTL_PARAMS})
-    return params
 
 
 def run_axolotl(cmd: list[str], env: dict, log_path: Path) -> tuple[int, float, int]:

@@ -1,0 +1,1 @@
+"""Past one machine: Kubernetes manifests from the same config."""

@@ -1,0 +1,1 @@
+"""Plumbing every stage uses: config, run folders, paths, environments, processes, memory, CLI."""

@@ -1,0 +1,120 @@
+"""Section 3, Serving: the latest load test's throughput, latency percentiles and Little's law check."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from experiments.report.common import code_path, fmt, markdown_table, need_merge, rel_path
+
+
+LATENCY_METRICS = (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("itl_ms", "ITL"), ("e2e_ms", "E2E"))
+
+LATENCY_STATS = ("mean", "median", "p90", "p95", "p99", "max")
+
+
+def nearest_level(levels: Sequence[dict], target: int) -> tuple[dict | None, str]:
+    """The closed-loop level at concurrency `target`, else the nearest measured one (ties: the
+    lower); open-loop only: the level with the highest successful req/s. Returns (level, note)."""
+    closed = [lv for lv in levels if lv["summary"]["mode"] == "closed"]
+    if closed:
+        exact = [lv for lv in closed if int(lv["summary"]["concurrency"]) == int(target)]
+        if exact:
+            return exact[0], f"measured at concurrency {target}, as `cost.inference_concurrency` asks"
+        lv = min(closed, key=lambda lv: (abs(int(lv["summary"]["concurrency"]) - int(target)),
+                                          int(lv["summary"]["concurrency"])))
+        measured = ", ".join(str(int(x["summary"]["concurrency"])) for x in closed)
+        return lv, (f"`cost.inference_concurrency` is {target}, which was not measured (measured: {measured}); "
+                    f"the nearest measured level, concurrency {int(lv['summary']['concurrency'])}, is used")
+    if levels:
+        lv = max(levels, key=lambda lv: lv["summary"]["throughput"]["requests_per_s"] or 0)
+        return lv, (f"only open-loop levels were measured; the one with the highest throughput "
+                    f"({lv['label']}) is used")
+    return None, "no level measured"
+
+
+def serving_tables(levels: Sequence[dict]) -> dict[str, pd.DataFrame]:
+    load, latency, little = [], [], []
+    for lv in levels:
+        s = lv["summary"]
+        level = lv["label"]
+        load.append({
+            "level": level, "concurrency": fmt(s.get("concurrency")), "rate req/s": fmt(s.get("rate"), 2),
+            "requests": fmt(s["requests"]["total"]), "errors": fmt(s["requests"]["failed"]),
+            "error rate": fmt(s["requests"]["error_rate"], 3), "req/s": fmt(s["throughput"]["requests_per_s"], 2),
+            "output tok/s": fmt(s["throughput"]["output_tokens_per_s"], 1),
+            "total tok/s": fmt(s["throughput"]["total_tokens_per_s"], 1),
+            "goodput req/s": fmt(s["goodput"]["requests_per_s"], 2),
+            "goodput fraction": fmt(s["goodput"]["fraction"], 3),
+        })
+        for key, name in LATENCY_METRICS:
+            d = s[key]
+            latency.append({"level": level, "metric": name,
+                            **{("p50" if st == "median" else st): fmt(d.get(st), 2) for st in LATENCY_STATS},
+                            "n": fmt(d.get("n"))})
+        ll = s["littles_law"]
+        little.append({
+            "level": level, "λ attempted req/s": fmt(s["throughput"]["attempted_requests_per_s"], 3),
+            "W mean E2E s": fmt(s["e2e_ms"]["mean"] / 1000 if s["e2e_ms"]["mean"] is not None else None, 4),
+            "L = λ·W": fmt(ll["throughput_x_mean_latency"], 3), "asked for": fmt(ll["target_concurrency"], 2),
+            "relative error": fmt(ll["rel_error"], 4), "within 10%": fmt(ll["ok"]),
+        })
+    return {"load": pd.DataFrame(load), "latency": pd.DataFrame(latency), "little": pd.DataFrame(little)}
+
+
+def section(d: dict, plots: dict[str, Path]) -> list[str]:
+    """Markdown lines of the Serving section (pure)."""
+    sid, kind, bench = d["subject"]["id"], d["kind"], d["bench"]
+    L = ["## 3. Serving (load test)\n"]
+    add = L.append
+    if not bench or not bench["levels"]:
+        add(f"No load test of `{sid}` ({kind}): {need_merge(d)}`make bench RUN={sid} MODEL={kind}` writes "
+            f"`{sid}/bench/{kind}/`.\n")
+        if bench and bench["problems"]:
+            add("Unusable bench files: " + "; ".join(bench["problems"]) + ".\n")
+        return L
+    levels = bench["levels"]
+    s0 = levels[0]["summary"]
+    wl = s0.get("settings", {}).get("workload", {})
+    add(f"Model `{s0['model']}` at `{s0['endpoint']}`, {s0['mode']} loop, workload `{wl.get('name')}` "
+        f"(max_tokens {wl.get('max_tokens')}), {s0['settings'].get('num_requests')} requests per level after "
+        f"{s0['settings'].get('warmup')} warm-up; SLO for goodput: TTFT ≤ {s0['goodput']['slo']['ttft_ms']} ms, "
+        f"E2E ≤ {s0['goodput']['slo']['e2e_ms']} ms. Levels: those of the latest `make bench` "
+        f"(`sweep.csv`).\n")
+    t = serving_tables(levels)
+    add("### Throughput, errors, goodput\n")
+    add(markdown_table(t["load"]))
+    add("### Latency percentiles (ms)\n")
+    add(markdown_table(t["latency"]))
+    add("TTFT = first content or tool-call chunk − send; TPOT = (E2E − TTFT) / (output tokens − 1); ITL = gaps "
+        "between token chunks, pooled; E2E = last byte − send. Latencies over successful requests; "
+        "rates and goodput count every request.\n")
+    add("### Little's law\n")
+    add(markdown_table(t["little"]))
+    add("L = λ·W: attempted requests per second over the level's window times the mean latency; in a closed "
+        "loop it must equal the concurrency the client held (the check passes within 10%). W is the mean "
+        "E2E of successful requests (all requests succeeded unless the errors column says otherwise).\n")
+    L.extend(recheck_notes(bench))
+    add("Source: " + ", ".join(code_path(d, bench["dir"] / f"summary_{lv['label']}.json") for lv in levels)
+        + f" (from {', '.join(code_path(d, lv['records']) for lv in levels)}).\n")
+    for p in bench["plots"]:
+        add(f"![{p.stem}]({rel_path(p, d['subject']['dir'])})\n")
+    add(f"Plots written by `make bench` ({', '.join(code_path(d, p) for p in bench['plots'])}).\n")
+    return L
+
+
+def recheck_notes(bench: dict) -> list[str]:
+    """Whether the summaries are reproduced from the raw per-request records."""
+    L = []
+    recheck = bench.get("recheck", {})
+    bad = {k: v for k, v in recheck.items() if v}
+    if recheck and not bad:
+        L.append("Recomputed from the raw per-request records (`records_<level>.csv`) with the bench's own code: "
+                 "every number above equals its summary file (relative tolerance 1e-6).\n")
+    elif bad:
+        L.append("**Warning**: recomputing from the records does not reproduce: "
+                 + "; ".join(f"{k}: {', '.join(v[:6])}" for k, v in bad.items()) + ".\n")
+    if bench["problems"]:
+        L.append("Skipped: " + "; ".join(bench["problems"]) + ".\n")
+    return L

@@ -1,0 +1,119 @@
+"""Section 1, Training: the compared runs' metrics, the best run, the loss curves."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from experiments.report.common import ReportError, code_path, fmt, image, markdown_table, pyplot, rel_path, save_png
+
+
+def bfcl_metric(summary: dict | None, name: str) -> float | None:
+    """bfcl/<column> (spaces as _, as MLflow logs it) -> that leaderboard value of a summary."""
+    if not summary:
+        return None
+    for col, value in summary.get("leaderboard", {}).items():
+        if col.replace(" ", "_") == name or col == name:
+            return value
+    return None
+
+
+def best_value(run: dict, best_by: str) -> float | None:
+    if best_by.startswith("bfcl/"):
+        return bfcl_metric(run.get("bfcl"), best_by[len("bfcl/"):])
+    value = (run.get("metrics") or {}).get(best_by)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def pick_best(rows: Sequence[dict], best_by: str, goal: str) -> dict | None:
+    """The run with the lowest (goal=min) or highest (goal=max) value of best_by; runs without
+    the value do not compete; ties go to the earlier run in `rows`."""
+    if goal not in ("min", "max"):
+        raise ReportError(f"report.best_goal={goal!r}: use min or max")
+    scored = [r for r in rows if best_value(r, best_by) is not None]
+    if not scored:
+        return None
+    sign = 1 if goal == "min" else -1
+    return min(scored, key=lambda r: sign * best_value(r, best_by))
+
+
+def training_table(rows: Sequence[dict], best_id: str | None) -> pd.DataFrame:
+    out = []
+    for r in rows:
+        m, info = r.get("metrics") or {}, r["info"]
+        status = info.get("stages", {}).get("train", "?")
+        out.append({
+            "method": info.get("method", "?") + (" (best)" if r["id"] == best_id else ""),
+            "run": f"`{r['id']}`",
+            "train": status,
+            "final train loss": fmt(m.get("final_train_loss"), 4),
+            "final eval loss": fmt(m.get("final_eval_loss"), 4),
+            "best eval loss": fmt(m.get("best_eval_loss"), 4),
+            "steps": fmt(m.get("steps")),
+            "wall time s": fmt(m.get("wall_time_s"), 1),
+            "tokens/s": fmt(m.get("tokens_per_s"), 1),
+            "peak GPU mem GiB": fmt(m.get("peak_gpu_mem_gib"), 2),
+            "peak RSS GiB": fmt(m.get("peak_rss_gib"), 2),
+            "trainable params": fmt(m.get("trainable_params")),
+        })
+    return pd.DataFrame(out)
+
+
+def section(d: dict, plots: dict[str, Path]) -> list[str]:
+    """Markdown lines of the Training section (pure)."""
+    rows, info, sid = d["rows"], d["subject"]["info"], d["subject"]["id"]
+    L = ["## 1. Training\n", f"Runs compared: {d['rule']}.\n"]
+    add = L.append
+    with_metrics = [r for r in rows if r.get("metrics")]
+    if not with_metrics:
+        add(f"No training metrics: `make train METHOD={info.get('method')}` writes "
+            f"`results/<run_id>/train_metrics.json` (and `make compare` one run per method).\n")
+        return L
+    best = pick_best(rows, d["best_by"], d["best_goal"])
+    add(markdown_table(training_table(rows, best["id"] if best else None)))
+    for r in rows:
+        if not r.get("metrics"):
+            add(f"- `{r['id']}`: no `train_metrics.json` (train: {r['info'].get('stages', {}).get('train', '?')}); "
+                f"see `{rel_path(r['dir'] / 'train.log', d['results'])}`.")
+    goal = "lowest" if d["best_goal"] == "min" else "highest"
+    if best is not None:
+        val = best_value(best, d["best_by"])
+        add(f"**Best run** by `{d['best_by']}` ({goal} wins; `report.best_by`/`report.best_goal` in "
+            f"`conf/report/default.yaml`): **`{best['id']}`** ({best['info'].get('method')}), "
+            f"{d['best_by']} = {fmt(val, 4)}. Runs without the value do not compete."
+            + (f" This report is about `{sid}`; `make all RUN={best['id']}` merges, serves, evaluates and "
+               f"load-tests the best run and writes its report." if best["id"] != sid else "") + "\n")
+    else:
+        add(f"No run has `{d['best_by']}`, so no best run is named (`report.best_by`).\n")
+    add("Columns: losses as the Trainer logged them (last logged step); wall time of `axolotl train` "
+        "including start-up (measured by `make train`); tokens/s = tokens trained / Trainer runtime; "
+        "peak GPU memory = the Trainer's max allocated; peak RSS = the training process tree's resident "
+        "memory; trainable parameters = elements of the saved adapter.\n")
+    add("Source: " + ", ".join(code_path(d, r["dir"] / "train_metrics.json") for r in with_metrics) + ".\n")
+    if "loss_curves" in plots:
+        add(image(d, plots, "loss_curves", "loss curves") + "\n")
+        add("Training loss (solid) and evaluation loss (dashed, markers) per step, from `loss_curve` "
+            "and `eval_loss_curve` of the same files.\n")
+    return L
+
+
+def plot_losses(rows: Iterable[dict], path: Path) -> Path | None:
+    rows = [r for r in rows if (r.get("metrics") or {}).get("loss_curve")]
+    if not rows:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for i, r in enumerate(rows):
+        color = f"C{i}"
+        m = r["metrics"]
+        label = f"{r['info'].get('method')} ({r['id']})"
+        steps, losses = zip(*m["loss_curve"])
+        ax.plot(steps, losses, "-", color=color, alpha=0.85, label=f"{label} train")
+        if m.get("eval_loss_curve"):
+            es, ev = zip(*m["eval_loss_curve"])
+            ax.plot(es, ev, "--o", color=color, label=f"{label} eval")
+    ax.set(xlabel="step", ylabel="loss", title="Training and evaluation loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_png(fig, path)

@@ -1,0 +1,1 @@
+"""`make serve` / `make stop`: the vLLM server of a run."""
