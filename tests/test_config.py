@@ -53,7 +53,7 @@ def test_qlora_opt_states_only_its_differences():
     qlora, opt = (compose([f"method={m}", "profile=h100"]).axolotl for m in ("qlora", "qlora_opt"))
     assert opt.adapter == qlora.adapter == "qlora" and opt.load_in_4bit
     assert opt.bnb_config_kwargs.bnb_4bit_use_double_quant and opt.bnb_config_kwargs.bnb_4bit_quant_type == "nf4"
-    assert opt.attn_implementation == "flash_attention_2" and opt.gradient_checkpointing and opt.sample_packing
+    assert opt.attn_implementation == "sdpa" and opt.sdpa_varlen and opt.gradient_checkpointing and opt.sample_packing
     assert opt.lr_scheduler == "cosine" and opt.warmup_ratio == 0.05 and opt.max_grad_norm == 1.0
     assert opt.optimizer == "adamw_torch_fused" and len(opt.lora_target_modules) == 7
     assert opt.early_stopping_patience == 3
