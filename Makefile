@@ -21,7 +21,9 @@ METHODS ?=
 COMPARISON ?=
 RUNS    ?=
 ARGS    ?=
-PYTHON  ?= python3
+# Interpreter for new environments; empty: python3, or on GPU profiles the first of python3,
+# python3.12, python3.13 that is >= 3.12 (scripts/setup_env.sh refuses an older one).
+PYTHON  ?=
 export PYTHON
 
 VENV    := .venv
@@ -32,7 +34,7 @@ STAGE_OPTS := $(if $(RUN),--run $(RUN)) --model $(MODEL) $(if $(ENDPOINT),--endp
 LAUNCH_OPTS := launcher=$(LAUNCHER) $(if $(GPUS),launcher.gpus=$(GPUS)) $(if $(NNODES),launcher.nnodes=$(NNODES)) \
 	$(if $(NODE_RANK),launcher.node_rank=$(NODE_RANK)) $(if $(MASTER_ADDR),launcher.master_addr=$(MASTER_ADDR))
 
-.PHONY: help env env-train env-serve env-eval train merge serve stop eval bench report compare all test ui clean-envs
+.PHONY: help env env-train env-serve env-eval preflight train merge serve stop eval bench report compare all test ui clean-envs
 
 help: ## Show this help
 	@echo "Usage: make <target> [METHOD=qlora|dora|qlora_opt] [RUN=<run_id>] [MODEL=merged|adapter|base] [PROFILE=$(PROFILE)]"
@@ -42,16 +44,24 @@ help: ## Show this help
 env: env-train env-serve env-eval ## Create all three environments (train, serve, eval)
 
 env-train: ## Create the training environment (axolotl) if missing
-	@bash scripts/setup_env.sh train $(PROFILE)
+	@MAKE_TARGET="$(or $(MAKECMDGOALS),env-train)" bash scripts/setup_env.sh train $(PROFILE)
 
 env-serve: ## Create the serving environment (vLLM) if missing
-	@bash scripts/setup_env.sh serve $(PROFILE)
+	@MAKE_TARGET="$(or $(MAKECMDGOALS),env-serve)" bash scripts/setup_env.sh serve $(PROFILE)
 
 env-eval: ## Create the orchestration/eval environment (hydra, mlflow, bfcl-eval, aiohttp) if missing
-	@bash scripts/setup_env.sh eval $(PROFILE)
+	@MAKE_TARGET="$(or $(MAKECMDGOALS),env-eval)" bash scripts/setup_env.sh eval $(PROFILE)
+
+# Driver vs torch's CUDA, GPU memory, flash-attn if asked for, disk, model id (experiments/core/preflight.py).
+PREFLIGHT = $(EVAL_PY) -m experiments.core.preflight method=$(METHOD) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
+# GPU profiles check the machine before `make train` / `make all` spend minutes on it.
+GPU_PREFLIGHT = $(if $(filter cpu,$(PROFILE)),,$(PREFLIGHT) &&)
+
+preflight: env-eval ## Is this machine ready for PROFILE? driver/CUDA, GPU memory, disk, model access
+	@$(PREFLIGHT)
 
 train: env-eval env-train ## Train one method: make train METHOD=qlora_opt [LAUNCHER=ddp GPUS=8]
-	@$(EVAL_PY) scripts/train.py method=$(METHOD) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
+	@$(GPU_PREFLIGHT) $(EVAL_PY) scripts/train.py method=$(METHOD) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
 
 merge: env-eval env-train ## Merge a run's adapter into its base model: make merge [RUN=<run_id>]
 	@$(EVAL_PY) scripts/merge.py $(if $(RUN),--run $(RUN)) $(HYDRA) $(ARGS)
@@ -72,7 +82,7 @@ report: env-eval ## Write results/<run>/report.md from the run's files: make rep
 	@$(EVAL_PY) -m experiments.report $(if $(RUN),--run $(RUN)) $(if $(RUNS),--runs $(RUNS)) $(HYDRA) $(ARGS)
 
 all: env ## The whole chain: train -> merge -> serve -> eval -> bench -> report [METHOD=qlora_opt] [FRESH=1]
-	@$(EVAL_PY) -m experiments.pipeline $(if $(RUN),--run $(RUN)) $(if $(FRESH),--fresh) method=$(METHOD) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
+	@$(GPU_PREFLIGHT) $(EVAL_PY) -m experiments.pipeline $(if $(RUN),--run $(RUN)) $(if $(FRESH),--fresh) method=$(METHOD) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
 
 compare: env-eval env-train ## Train several methods under one comparison id and report them: make compare [METHODS=qlora,dora] [COMPARISON=id]
 	@$(EVAL_PY) -m experiments.report.compare $(if $(METHODS),--methods $(METHODS)) $(if $(COMPARISON),--comparison $(COMPARISON)) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
