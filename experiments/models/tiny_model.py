@@ -355,9 +355,12 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True, help="output folder (skipped if it already holds this model)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--corpus", default=None, help=f"ToolACE-schema JSONL for the tokenizer (default {DEFAULT_CORPUS})")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help=f"override a shape parameter, e.g. --set hidden_size=1536 (one of {sorted(DEFAULTS)})")
     args = ap.parse_args(argv)
+    overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
     existed = is_complete(args.out)
-    manifest = build(args.out, seed=args.seed, corpus=args.corpus)
+    manifest = build(args.out, seed=args.seed, corpus=args.corpus, **overrides)
     if existed:
         print(f"{args.out} is complete; nothing to do", file=sys.stderr)
     print(json.dumps({"out": str(args.out), "vocab_size": manifest["vocab_size"], "parameters": manifest["parameters"]}))

@@ -63,9 +63,10 @@ def ensure_model(cfg: DictConfig) -> None:
     """Build the tiny local model when the config asks for it and it is not there yet."""
     if cfg.model.build != "tiny" or (Path(cfg.model.path) / "config.json").exists():
         return
-    print(f"[train] building the tiny model at {cfg.model.path} (once)")
+    print(f"[train] building the local random-weight model at {cfg.model.path} (once)")
+    shape = [f"--set={k}={json.dumps(v)}" for k, v in (cfg.model.get("shape") or {}).items()]  # e.g. random_qwen2_5_1_5b
     subprocess.run([str(envs.python("train", Path(cfg.paths.venv))), "-m", "experiments.models.tiny_model",
-                    "--out", str(cfg.model.path)], check=True, env=envs.subprocess_env())
+                    "--out", str(cfg.model.path), *shape], check=True, env=envs.subprocess_env())
 
 
 def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
