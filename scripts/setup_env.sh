@@ -54,7 +54,7 @@ requirements() {  # sets req (pip arguments) and want (the stamp: hw + digest of
     eval) files=("$root/requirements.txt")   # the same packages on every profile
           # bfcl-eval pulls torch (through sentence-transformers) and the orchestrator only needs
           # a tokenizer: on GPU profiles take PyTorch's CPU build, which pip prefers (torch==X+cpu)
-          # over PyPI's CUDA build: ~2.7 GB of CUDA wheels less (env 6.1 GB -> ~3.4 GB).
+          # over PyPI's CUDA build: ~2.7 GB of CUDA wheels less (env 6.1 GB -> ~2.4 GB, as on cpu).
           [ $hw = gpu ] && extra=(--extra-index-url "$torch_cpu_index")
           env_hw=any ;;
     *)    files=("$root/requirements/$hw/$stage.txt") ;;
