@@ -125,6 +125,15 @@ def test_run_checks_on_the_composed_h100_config():
     assert [c.name for c in bad if c.status == "fail"] == ["driver"]
 
 
+def test_nvidia_smi_rows():
+    driver, gpus = pf.parse_nvidia_smi("NVIDIA H100 80GB HBM3, 81559, 81004, 580.95.05, 9.0\n"
+                                       "NVIDIA H100 80GB HBM3, 81559, 1200, 580.95.05, 9.0\n")
+    assert driver == "580.95.05" and len(gpus) == 2
+    assert gpus[1] == {"name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559.0, "memory_free_mib": 1200.0, "compute_cap": "9.0"}
+    assert [c.status for c in pf.check_gpus(gpus, H100, 0.9)] == ["ok", "fail"]  # one card busy
+    assert pf.parse_nvidia_smi("") == (None, [])
+
+
 def test_capability():
     assert pf.capability("9.0") == pf.capability("sm_90") == (9, 0)
     assert pf.capability("sm_120") == (12, 0) and pf.capability("8.9") < pf.capability("sm_90")

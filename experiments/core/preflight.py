@@ -242,9 +242,12 @@ def probe_env(stage: str) -> dict | None:
     try:
         proc = subprocess.run([str(exe), "-c", PROBE], capture_output=True, text=True, timeout=300,
                               env=envs.subprocess_env())
+    except subprocess.TimeoutExpired:
+        return {"error": "the probe (import torch) took over 300 s"}
+    try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (subprocess.TimeoutExpired, IndexError, json.JSONDecodeError):
-        return {"error": f"probe failed: {proc.stderr.strip()[-300:] if 'proc' in locals() else 'timed out'}"}
+    except (IndexError, json.JSONDecodeError):
+        return {"error": f"probe failed: {proc.stderr.strip()[-300:]}"}
 
 
 def nvidia_smi() -> tuple[str | None, list[dict] | None]:
@@ -255,6 +258,11 @@ def nvidia_smi() -> tuple[str | None, list[dict] | None]:
                              capture_output=True, text=True, timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None, None
+    return parse_nvidia_smi(out)
+
+
+def parse_nvidia_smi(out: str) -> tuple[str | None, list[dict]]:
+    """`nvidia-smi --query-gpu=name,memory.total,memory.free,driver_version,compute_cap --format=csv,noheader,nounits`."""
     rows = [[c.strip() for c in line.split(",")] for line in out.strip().splitlines() if line.strip()]
     gpus = [{"name": r[0], "memory_total_mib": float(r[1]), "memory_free_mib": float(r[2]), "compute_cap": r[4]}
             for r in rows]
