@@ -7,7 +7,12 @@ Every row is generated here (nothing downloaded) from a seeded RNG, so the file 
 It stands in for ToolACE on the CPU profile and is the text the tiny tokenizer is trained on.
 Rows cover single and parallel calls, tool results followed by an answer, multi-turn follow-ups,
 questions no tool fits, clarification requests, and nested/array/enum/null/negative arguments.
-The shipped sample is clean: malformed rows live in tests/test_toolace.py.
+Rows written in the shapes real ToolACE rows take (issue #17) are mixed in: keyword, hyphenated
+and `$` argument names, the Chinese system prompt, text followed by a call list, tool names inside
+string arguments, punctuation in tool names, calls without arguments, the same tool twice,
+JSON-spelled booleans, \\uXXXX escapes, `"required": null`, type unions, the "Historical dialog
+data" wrapper, and text-only rows without tools.
+The shipped sample is clean: malformed rows live in tests/test_toolace*.py.
 """
 
 from __future__ import annotations
@@ -543,18 +548,152 @@ def make_row(rng) -> dict:
     return {"system": system_prompt(names, rng), "conversations": convo}
 
 
-def make_rows(n: int = 200, seed: int = 0) -> list[dict]:
+# --------------------------------------------------------------------------- real-row shapes
+
+EDGE_TOOLS = {
+    "Currency Exchange Rate": {"name": "Currency Exchange Rate", "description": "Convert an amount between currencies.",
+                               "parameters": {"type": "dict", "properties": {
+                                   "from": S("ISO code of the source currency."), "to": S("ISO code of the target."),
+                                   "amount": N("Amount.", "float")}, "required": None}},
+    "list_orders": {"name": "list_orders", "description": "List the customer's orders (OData-style paging).",
+                    "parameters": {"type": "dict", "properties": {
+                        "sort-by": S("Field to sort on.", enum=["date", "total"]),
+                        "postal-unit": S("Postal unit the orders ship to."),
+                        "$top": {"type": ["int", "null"], "description": "Page size; null for the default."}},
+                        "required": None}},
+    "Stock/Quote (v2)": {"name": "Stock/Quote (v2)", "description": "Delayed quote of a ticker.",
+                         "parameters": {"type": "dict", "properties": {"symbol": S("Ticker.")}, "required": None}},
+    "ping_service": {"name": "ping_service", "description": "Check that the booking service is up.",
+                     "parameters": {"type": "dict", "properties": {}, "required": None}},
+    "set_preferences": {"name": "set_preferences", "description": "Update app settings.",
+                        "parameters": {"type": "dict", "properties": {"settings": {
+                            "type": "dict", "description": "Settings to change."}}, "required": None}},
+}
+ZH_HEAD = ("你是一个组合函数的专家。你会得到一个问题和一组可能的函数。根据问题，你需要进行一个或多个函数/工具调用以实现目的。\n"
+           "如果没有函数可以使用，请指出。如果给定的问题缺少函数所需的参数，也请指出。\n"
+           "以下是可以调用的工具的JSON格式列表:\n")
+ZH_TAIL = ("\n如果您决定返回函数调用，请将其格式化为[func1(params_name=params_value, params_name2=params_value2...), "
+           "func2(params)]\n\n不得包含其他文本。\n")
+
+
+def edge_system(names, rng, head=SYSTEM_HEAD, tail=SYSTEM_TAIL):
+    tools = [EDGE_TOOLS.get(n) or TOOLS[n] for n in names] + [TOOLS[n] for n in rng.sample(list(TOOLS), 1)]
+    return head + json.dumps(tools, ensure_ascii=False) + tail
+
+
+def turns(*pairs):
+    return [{"from": r, "value": v} for r, v in pairs]
+
+
+def e_keywords(rng):
+    a, b = rng.sample(CURRENCIES, 2)
+    amount = rng.choice([250.0, 80.5, 1200.0])
+    return {"system": edge_system(["Currency Exchange Rate"], rng), "conversations": turns(
+        ("user", f"How much is {amount} {a} in {b}?"),
+        ("assistant", f'[Currency Exchange Rate(from="{a}", to="{b}", amount={amount})]'),
+        ("tool", json.dumps([{"name": "Currency Exchange Rate", "results": {"converted": r2(amount * 1.1)}}])),
+        ("assistant", f"{amount} {a} is about {r2(amount * 1.1)} {b}."))}
+
+
+def e_hyphens(rng):
+    top, unit = rng.choice([5, 10, 20]), rng.choice(["SW1A", "75008", "2000"])
+    return {"system": edge_system(["list_orders"], rng), "conversations": turns(
+        ("user", f"Show my last {top} orders to postal unit {unit}, newest first."),
+        ("assistant", f'[list_orders(sort-by="date", postal-unit="{unit}", $top={top})]'))}
+
+
+def e_chinese(rng):
+    city, country, *_ = rng.choice(CITIES)
+    return {"system": edge_system(["get_current_weather"], rng, ZH_HEAD, ZH_TAIL), "conversations": turns(
+        ("user", f"{city}现在天气怎么样？"),
+        ("assistant", f'[get_current_weather(location="{city}, {country}", unit="celsius")]'),
+        ("tool", json.dumps([{"name": "get_current_weather", "results": {"temperature": 18}}])),
+        ("assistant", f"{city}现在是18°C。"))}
+
+
+def e_prose_then_calls(rng):
+    city, country, *_ = rng.choice(CITIES)
+    return {"system": edge_system(["get_timezone", "get_current_weather"], rng), "conversations": turns(
+        ("user", f"Time zone and weather in {city}?"),
+        ("assistant", f'Let me look both up.\n\n[get_timezone(city="{city}"), '
+                      f'get_current_weather(location="{city}, {country}")]'))}
+
+
+def e_name_in_string(rng):
+    to = rng.choice(NAMES)
+    return {"system": edge_system(["send_email", "Currency Converter API"], rng), "conversations": turns(
+        ("user", f"Email {to} that the rates come from the converter."),
+        ("assistant", f'[send_email(to=["{to}"], subject="Rates", '
+                      f'body="Computed with [Currency Converter API(amount=1)] at noon.")]'))}
+
+
+def e_punctuation_twice(rng):
+    a, b = rng.sample([s for s, _ in STOCKS], 2)
+    return {"system": edge_system(["Stock/Quote (v2)"], rng), "conversations": turns(
+        ("user", f"Quotes for {a} and {b}."),
+        ("assistant", f'[Stock/Quote (v2)(symbol="{a}"), Stock/Quote (v2)(symbol="{b}")]'))}
+
+
+def e_no_arguments(rng):
+    return {"system": edge_system(["ping_service"], rng), "conversations": turns(
+        ("user", rng.choice(["Is the booking service up?", "Check the booking service."])),
+        ("assistant", "[ping_service()]"), ("tool", '[{"name": "ping_service", "results": {"up": true}}]'),
+        ("assistant", "The booking service is up."))}
+
+
+def e_json_booleans(rng):
+    lang = rng.choice(["fr", "de", "ja"])
+    return {"system": edge_system(["set_preferences"], rng), "conversations": turns(
+        ("user", f"Turn on dark mode, turn off beta features, language {lang}."),
+        ("assistant", f'[set_preferences(settings={{"dark_mode": true, "beta": false, "language": "{lang}"}})]'))}
+
+
+def e_unicode_escapes(rng):
+    return {"system": edge_system(["translate_text"], rng), "conversations": turns(
+        ("user", "Translate 'Caf\u00e9 au lait' into German."),
+        ("assistant", '[translate_text(text="Caf\\u00e9 au lait", target_language="de")]'),
+        ("tool", '[{"name": "translate_text", "results": {"translation": "Milchkaff\\u00e9e"}}]'),
+        ("assistant", "Milchkaffee."))}
+
+
+def e_dialog_wrapper(rng):
+    city = rng.choice(CITIES)[0]
+    wrapped = (f"Role definition: You are a travel assistant.\nHistorical dialog data is as follows:\n"
+               f"user: I'm flying to {city}.\nassistant: Great, anything I can check?\n"
+               f"Current user question: what time zone is it in?")
+    return {"system": edge_system(["get_timezone"], rng), "conversations": turns(
+        ("user", wrapped), ("assistant", f'[get_timezone(city="{city}")]'))}
+
+
+def e_text_only(rng):
+    q = rng.choice(IRRELEVANT)
+    convo = turns(("user", q), ("assistant", "Here is a short answer without any tools."))
+    return {"system": "You are a helpful assistant.", "conversations": convo} if rng.random() < 0.5 else \
+        {"conversations": convo}
+
+
+EDGES = [e_keywords, e_hyphens, e_chinese, e_prose_then_calls, e_name_in_string, e_punctuation_twice,
+         e_no_arguments, e_json_booleans, e_unicode_escapes, e_dialog_wrapper, e_text_only]
+
+
+def make_rows(n: int = 200, seed: int = 0, edge_repeats: int = 2) -> list[dict]:
+    """n generated rows, then each real-row shape ``edge_repeats`` times at seeded positions (the
+    first n rows are the same as without them)."""
     rng = random.Random(seed)
-    return [make_row(rng) for _ in range(n)]
+    rows = [make_row(rng) for _ in range(n)]
+    for build in EDGES * edge_repeats:
+        rows.insert(rng.randint(0, len(rows)), build(rng))
+    return rows
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--edge-repeats", type=int, default=2, help="copies of each real-row shape")
     ap.add_argument("--out", default=str(ROOT / "data" / "toolace_sample.jsonl"))
     args = ap.parse_args(argv)
-    rows = make_rows(args.rows, args.seed)
+    rows = make_rows(args.rows, args.seed, args.edge_repeats)
     with open(args.out, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

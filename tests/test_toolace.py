@@ -154,8 +154,10 @@ BAD_ROWS = [
     ("unknown_tool", row(("user", "q"), ("assistant", '[get_time(tz="UTC")]'))),
     ("unknown_argument", row(("user", "q"), ("assistant", '[get_weather(town="Paris")]'))),
     ("no_tool_list", {"system": "You are a helpful assistant.", "conversations": [
+        {"from": "user", "value": "q"}, {"from": "assistant", "value": '[get_weather(city="Paris")]'}]}),
+    ("no_tool_list", {"system": "Tools: " + json.dumps([WEATHER]), "conversations": [
         {"from": "user", "value": "q"}, {"from": "assistant", "value": "a"}]}),
-    ("no_tool_list", {"conversations": [{"from": "user", "value": "q"}, {"from": "assistant", "value": "a"}]}),
+    ("empty_assistant_turn", row(("user", "q"), ("assistant", "  "))),
     ("bad_tool_list", {"system": HEAD + '[{"name": "f",' + TAIL, "conversations": [
         {"from": "user", "value": "q"}, {"from": "assistant", "value": "a"}]}),
     ("bad_tool", row(("user", "q"), ("assistant", "a"), tools=[{"description": "nameless"}])),
@@ -176,7 +178,7 @@ def test_malformed_rows_are_rejected_with_a_reason(kind, bad):
 
 def test_convert_rows_reports_every_reject_with_counts():
     good = row(("user", "q"), ("assistant", '[get_weather(city="Oslo")]'))
-    rows = [good, BAD_ROWS[0][1], good, BAD_ROWS[1][1], BAD_ROWS[7][1]]
+    rows = [good, BAD_ROWS[0][1], good, BAD_ROWS[1][1], BAD_ROWS[8][1]]
     converted, rejects = toolace.convert_rows(rows)
     assert len(converted) == 2
     assert [(r["index"], r["kind"]) for r in rejects] == [(1, "undecodable_call"), (3, "unknown_tool"), (4, "unknown_role")]
@@ -241,7 +243,20 @@ def test_sample_file_is_what_the_generator_writes():
     spec = importlib.util.spec_from_file_location("make_toolace_sample", ROOT / "scripts" / "make_toolace_sample.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    assert gen.make_rows(len(_sample_rows()), seed=0) == _sample_rows()
+    assert gen.make_rows(seed=0) == _sample_rows()
+
+
+def test_sample_holds_the_real_row_shapes():
+    """The classes of issue #17 are in the shipped sample (so training and the tokenizer see them)."""
+    raw = _sample_rows()
+    converted, rejects = toolace.convert_rows(raw)
+    s = toolace.summarize(converted, rejects)
+    assert rejects == [] and s["rows_text_only"] >= 2 and s["turns_text_and_calls"] >= 2
+    assert s["rows_with_dialog_wrapper"] >= 2
+    args = [json.loads(c["function"]["arguments"]) for r in converted for m in r["messages"] for c in m.get("tool_calls") or ()]
+    assert {"from", "sort-by", "$top"} <= {k for a in args for k in a}
+    assert sum("以下是可以调用的工具" in (r.get("system") or "") for r in raw) >= 2
+    assert any("Currency Converter API(amount=1)" in a.get("body", "") for a in args)  # name inside a string kept
 
 
 # --------------------------------------------------------------------------- Axolotl (train env)

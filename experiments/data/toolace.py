@@ -38,22 +38,34 @@ Stdlib only at import time: this module is imported from the train, serve and ev
 
 from __future__ import annotations
 
-import ast
 import json
-import math
 import os
 import re
 from collections import Counter
 from typing import Any, Iterable
 
-TOOL_LIST_MARKER = "Here is a list of functions in JSON format that you can invoke"
+from experiments.data.pythonic import (  # noqa: F401  (re-exported: the call syntax lives there)
+    CallParseError, format_pythonic_calls, needs_rewrite, parse_pythonic_calls)
+
+# The phrases ToolACE puts before its JSON tool list (English and Chinese rows).
+TOOL_LIST_MARKERS = (
+    "Here is a list of functions in JSON format that you can invoke",
+    "以下是可以调用的工具的JSON格式列表",
+)
+TOOL_LIST_MARKER = TOOL_LIST_MARKERS[0]
 
 # ToolACE's format instruction asks for pythonic calls; the Qwen2.5 template appends its own
 # instruction for Hermes <tool_call> JSON, so keeping both would contradict the training target.
-_FORMAT_INSTRUCTION = re.compile(
-    r"Should you decide to return the function call\(s\).*?NO other text MUST be included\.?",
-    re.DOTALL,
+# English, and the Chinese one ("if you decide to return function calls ... no other text").
+_FORMAT_INSTRUCTIONS = (
+    re.compile(r"Should you decide to return the function call\(s\).*?NO other text MUST be included\.?", re.DOTALL),
+    re.compile(r"(?:如果|若)[^\n。]{0,8}决定[^\n。]{0,8}函数调用.{0,400}?(?:其他|其它)[^\n。]{0,6}(?:文本|内容|文字)[。.]?",
+               re.DOTALL),
 )
+# A JSON function list without a known marker (reported, never trained as system text).
+_UNMARKED_TOOL_LIST = re.compile(r'\[\s*\{\s*"name"\s*:')
+# The wrapper some ToolACE rows put around earlier dialogue inside one user turn (kept as is).
+DIALOG_WRAPPER = "Historical dialog data is as follows"
 
 # ToolACE/BFCL use Python-ish type names; OpenAI tools (what vLLM and BFCL's FC handler send) use
 # JSON-schema names. Same mapping idea as BFCL's GORILLA_TO_OPENAPI.
@@ -80,11 +92,6 @@ _ROLES = {
 # An assistant turn that starts like `[name(` is a call list and must parse; anything else is text.
 # (Names outside this pattern, e.g. with "/", are matched against the row's tool list.)
 _LOOKS_LIKE_CALLS = re.compile(r"^\s*\[\s*[A-Za-z_][\w .\-]*\(")
-_DOTTED_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-
-
-class CallParseError(ValueError):
-    """A pythonic call string that cannot be decoded into name + JSON arguments."""
 
 
 class RowError(ValueError):
@@ -96,139 +103,38 @@ class RowError(ValueError):
         self.reason = reason
 
 
-# --------------------------------------------------------------------------- pythonic calls
-
-
-def _literal(node: ast.AST) -> Any:
-    """JSON value of a literal expression node; anything that needs evaluation is refused."""
-    if isinstance(node, ast.Constant):
-        value = node.value
-        if value is None or isinstance(value, (str, bool, int)):
-            return value
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                raise CallParseError(f"non-finite number {ast.unparse(node)!r}")
-            return value
-        raise CallParseError(f"unsupported constant {ast.unparse(node)!r}")
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        inner = _literal(node.operand)
-        if isinstance(inner, bool) or not isinstance(inner, (int, float)):
-            raise CallParseError(f"sign applied to a non-number {ast.unparse(node)!r}")
-        return -inner if isinstance(node.op, ast.USub) else inner
-    if isinstance(node, (ast.List, ast.Tuple)):
-        return [_literal(e) for e in node.elts]
-    if isinstance(node, ast.Dict):
-        out = {}
-        for key, value in zip(node.keys, node.values):
-            if key is None:
-                raise CallParseError("dict unpacking (**) is not a literal")
-            k = _literal(key)
-            if not isinstance(k, str):
-                raise CallParseError(f"dict key {ast.unparse(key)!r} is not a string")
-            out[k] = _literal(value)
-        return out
-    # JSON spellings show up in generated data; they are unambiguous, so accept them.
-    if isinstance(node, ast.Name) and node.id in ("true", "false", "null"):
-        return {"true": True, "false": False, "null": None}[node.id]
-    raise CallParseError(f"not a literal value: {ast.unparse(node)!r}")
-
-
-def _call_name(func: ast.AST) -> str:
-    if isinstance(func, ast.Name):
-        return func.id
-    if isinstance(func, ast.Attribute):
-        return f"{_call_name(func.value)}.{func.attr}"
-    raise CallParseError(f"not a function name: {ast.unparse(func)!r}")
-
-
-def parse_pythonic_calls(text: str, tool_names: Iterable[str] = ()) -> list[dict]:
-    """Parse ``[f(a=1), g.h(b="x")]`` into ``[{"name": "f", "arguments": {"a": 1}}, ...]``.
-
-    Uses ``ast`` only (nothing is evaluated). ``tool_names`` lets names that are not Python
-    identifiers (ToolACE has e.g. ``Weather API``) be recognised in call position.
-    Raises CallParseError for anything that is not a list of keyword-only literal calls.
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise CallParseError("empty call string")
-    source = text.strip()
-    placeholders: dict[str, str] = {}
-    odd_names = sorted((n for n in set(tool_names) if not _DOTTED_IDENTIFIER.match(n)), key=len, reverse=True)
-    for i, name in enumerate(odd_names):
-        token = f"__toolace_fn_{i}__"
-        pattern = r"(?:^|(?<=[\[,]))(\s*)" + re.escape(name) + r"(?=\s*\()"
-        source, n = re.subn(pattern, lambda m, t=token: m.group(1) + t, source)
-        if n:
-            placeholders[token] = name
-    try:
-        tree = ast.parse(source, mode="eval")
-    except SyntaxError as e:
-        raise CallParseError(f"not parseable as a call list ({e.msg}): {text.strip()[:120]!r}") from None
-    body = tree.body
-    elements = body.elts if isinstance(body, (ast.List, ast.Tuple)) else [body]
-    calls = []
-    for element in elements:
-        if not isinstance(element, ast.Call):
-            raise CallParseError(f"list element is not a call: {ast.unparse(element)[:120]!r}")
-        name = _call_name(element.func)
-        name = placeholders.get(name, name)
-        if element.args:
-            raise CallParseError(f"{name}: positional arguments are not supported")
-        arguments = {}
-        for kw in element.keywords:
-            if kw.arg is None:
-                raise CallParseError(f"{name}: **kwargs is not supported")
-            if kw.arg in arguments:
-                raise CallParseError(f"{name}: argument {kw.arg!r} given twice")
-            arguments[kw.arg] = _literal(kw.value)
-        calls.append({"name": name, "arguments": arguments})
-    if not calls:
-        raise CallParseError("empty call list")
-    return calls
-
-
-def _py_literal(value: Any) -> str:
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid Python literal
-    if value is None or isinstance(value, bool):
-        return repr(value)
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_py_literal(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)}: {_py_literal(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"not a JSON value: {value!r}")
-
-
-def format_pythonic_calls(calls: list[dict]) -> str:
-    """Inverse of parse_pythonic_calls: ``[f(a=1, b="x"), g()]`` in ToolACE's style."""
-    parts = []
-    for call in calls:
-        args = ", ".join(f"{k}={_py_literal(v)}" for k, v in call["arguments"].items())
-        parts.append(f"{call['name']}({args})")
-    return "[" + ", ".join(parts) + "]"
-
-
 # --------------------------------------------------------------------------- system prompt, tools
+
+
+def language(text: str) -> str:
+    """Coarse script of a text for reports: zh (any CJK ideograph), en (ASCII letters), other."""
+    if re.search(r"[\u4e00-\u9fff]", text):
+        return "zh"
+    letters = [c for c in text if c.isalpha()]
+    return "en" if letters and sum(c.isascii() for c in letters) >= 0.9 * len(letters) else "other"
 
 
 def split_system(system: str) -> tuple[str, list]:
     """ToolACE system prompt -> (instructions without the tool list, raw tool list)."""
     if not isinstance(system, str):
         raise RowError("no_tool_list", "system prompt is missing or not a string")
-    at = system.find(TOOL_LIST_MARKER)
-    if at < 0:
-        raise RowError("no_tool_list", "system prompt has no tool list")
+    found = [(system.find(m), m) for m in TOOL_LIST_MARKERS if m in system]
+    if not found:
+        raise RowError("no_tool_list", f"system prompt has no tool list (language: {language(system)})")
+    at, _ = min(found)
     start = system.find("[", at)
     if start < 0:
-        raise RowError("no_tool_list", "no JSON list after the tool-list marker")
+        raise RowError("no_tool_list", f"no JSON list after the tool-list marker (language: {language(system)})")
     try:
         tools, end = json.JSONDecoder().raw_decode(system, start)
     except json.JSONDecodeError as e:
         raise RowError("bad_tool_list", f"tool list is not valid JSON ({e.msg} at char {e.pos})") from None
     if not isinstance(tools, list):
         raise RowError("bad_tool_list", "tool list is not a JSON list")
-    rest = _FORMAT_INSTRUCTION.sub("", system[end:]).lstrip(" .").strip()
+    rest = system[end:]
+    for instruction in _FORMAT_INSTRUCTIONS:
+        rest = instruction.sub("", rest)
+    rest = rest.lstrip(" .。").strip()
     instructions = system[:at].strip()
     if rest:
         instructions = f"{instructions}\n{rest}" if instructions else rest
@@ -236,7 +142,8 @@ def split_system(system: str) -> tuple[str, list]:
 
 
 def _normalize_schema(node: Any) -> Any:
-    """Map Python-ish type names to JSON-schema ones; drop null ``required`` lists."""
+    """Map Python-ish type names to JSON-schema ones (also inside type unions); drop null
+    ``required`` lists (every real ToolACE tool has ``"required": null``: nothing is required)."""
     if isinstance(node, list):
         return [_normalize_schema(v) for v in node]
     if not isinstance(node, dict):
@@ -247,6 +154,8 @@ def _normalize_schema(node: Any) -> Any:
             continue
         if key == "type" and isinstance(value, str):
             out[key] = _TYPE_ALIASES.get(value, value)
+        elif key == "type" and isinstance(value, list):  # a union such as ["int", "null"]
+            out[key] = [_TYPE_ALIASES.get(v, v) if isinstance(v, str) else v for v in value]
         elif key == "properties" and isinstance(value, dict):
             # keys of `properties` are parameter names, not schema keywords
             out[key] = {name: _normalize_schema(sub) for name, sub in value.items()}
@@ -297,6 +206,26 @@ def _looks_like_calls(value: str, tool_names: Iterable[str]) -> bool:
     return any(head.startswith(n) and head[len(n):].lstrip().startswith("(") for n in tool_names)
 
 
+def split_trailing_calls(value: str, tool_names: Iterable[str], arg_names: Iterable[str] = ()
+                         ) -> tuple[str, list[dict]] | None:
+    """Text followed by a call list (``"Let me check.\\n\\n[f(x=1)]"``) -> (text, calls); None when
+    no line of the turn starts a call list that runs to its end. A line that starts like a call list
+    but does not parse raises CallParseError: such a turn must never be trained as plain text."""
+    names = list(tool_names)
+    error = None
+    for m in re.finditer(r"(?:^|(?<=\s))\[", value):
+        prose, tail = value[:m.start()].rstrip(), value[m.start():].strip()
+        if not prose or not _looks_like_calls(tail, names):
+            continue
+        try:
+            return prose, parse_pythonic_calls(tail, names, arg_names)
+        except CallParseError as e:
+            error = error or e
+    if error is not None:
+        raise CallParseError(f"text followed by a call list that does not parse: {error}")
+    return None
+
+
 def _turns(row: dict) -> list:
     turns = row.get("conversations")
     if not isinstance(turns, list) or not turns:
@@ -304,16 +233,24 @@ def _turns(row: dict) -> list:
     return turns
 
 
-def convert_row(row: dict) -> dict:
-    """ToolACE row -> ``{"messages", "tools"}`` in the storage form described above.
-
-    Raises RowError for rows that cannot be converted faithfully.
-    """
-    if not isinstance(row, dict):
-        raise RowError("bad_row", f"row is a {type(row).__name__}, not an object")
-    turns = _turns(row)
-    instructions, raw_tools = split_system(row.get("system"))
-
+def _row_tools(system: Any, turns: list) -> tuple[str, list[dict], dict]:
+    """(instructions, normalized tools, {name as listed: OpenAI-valid name}). A row without any tool list converts as a text-only
+    example (tools []) when nothing in it looks like a call or a function list."""
+    try:
+        instructions, raw_tools = split_system(system)
+    except RowError as e:
+        if e.kind != "no_tool_list":
+            raise
+        text = system if isinstance(system, str) else ""
+        calls = [t for t in turns if isinstance(t, dict) and isinstance(t.get("value", t.get("content")), str)
+                 and _ROLES.get(t.get("from", t.get("role"))) == "assistant"
+                 and _LOOKS_LIKE_CALLS.match(t.get("value", t.get("content")))]
+        if _UNMARKED_TOOL_LIST.search(text):
+            raise RowError("no_tool_list", f"a JSON function list without a known marker (language: {language(text)})") from None
+        if calls:
+            raise RowError("no_tool_list", f"an assistant turn calls a function but the system prompt has no "
+                                           f"tool list (language: {language(text)})") from None
+        return text.strip(), [], {}
     tools, by_raw_name = [], {}
     for raw in raw_tools:
         tool = normalize_tool(raw)
@@ -324,6 +261,51 @@ def convert_row(row: dict) -> dict:
             raise RowError("bad_tool", f"two different tools are named {name!r} (after making names OpenAI-valid)")
         by_raw_name[raw["name"].strip()] = name
         tools.append(tool)
+    return instructions, tools, by_raw_name
+
+
+def _tool_calls(i: int, calls: list[dict], by_raw_name: dict, properties: dict) -> list[dict]:
+    out = []
+    for call in calls:
+        name = by_raw_name.get(call["name"])
+        if name is None:
+            raise RowError("unknown_tool", f"turn {i} calls {call['name']!r}, not in the tool list")
+        known = properties[name]
+        unknown_args = sorted(set(call["arguments"]) - set(known)) if isinstance(known, dict) and known else []
+        if unknown_args:
+            raise RowError("unknown_argument", f"turn {i}: {name} has no parameter(s) {unknown_args}")
+        arguments = json.dumps(call["arguments"], ensure_ascii=False)
+        out.append({"type": "function", "function": {"name": name, "arguments": arguments}})
+    return out
+
+
+def _assistant(i: int, value: str, by_raw_name: dict, properties: dict) -> dict:
+    """One assistant turn: a call list, text followed by a call list, or text."""
+    if not value.strip():
+        raise RowError("empty_assistant_turn", f"turn {i} is an empty assistant turn (it would train an empty answer)")
+    arg_names = {a for props in properties.values() if isinstance(props, dict) for a in props}
+    try:
+        if _looks_like_calls(value, by_raw_name):
+            content, calls = "", parse_pythonic_calls(value, by_raw_name, arg_names)
+        else:
+            split = split_trailing_calls(value, by_raw_name, arg_names)
+            if split is None:
+                return {"role": "assistant", "content": value}
+            content, calls = split
+    except CallParseError as e:
+        raise RowError("undecodable_call", f"turn {i}: {e}") from None
+    return {"role": "assistant", "content": content, "tool_calls": _tool_calls(i, calls, by_raw_name, properties)}
+
+
+def convert_row(row: dict) -> dict:
+    """ToolACE row -> ``{"messages", "tools"}`` in the storage form described above.
+
+    Raises RowError for rows that cannot be converted faithfully.
+    """
+    if not isinstance(row, dict):
+        raise RowError("bad_row", f"row is a {type(row).__name__}, not an object")
+    turns = _turns(row)
+    instructions, tools, by_raw_name = _row_tools(row.get("system"), turns)
     properties = {t["function"]["name"]: t["function"]["parameters"].get("properties") for t in tools}
 
     messages = [{"role": "system", "content": instructions}] if instructions else []
@@ -337,25 +319,9 @@ def convert_row(row: dict) -> dict:
         value = turn.get("value", turn.get("content"))
         if not isinstance(value, str):
             raise RowError("bad_turn", f"turn {i} ({role}) has no text value")
-
-        if role == "assistant" and _looks_like_calls(value, by_raw_name):
-            try:
-                calls = parse_pythonic_calls(value, by_raw_name)
-            except CallParseError as e:
-                raise RowError("undecodable_call", f"turn {i}: {e}") from None
-            tool_calls = []
-            for call in calls:
-                name = by_raw_name.get(call["name"])
-                if name is None:
-                    raise RowError("unknown_tool", f"turn {i} calls {call['name']!r}, not in the tool list")
-                known = properties[name]
-                unknown_args = sorted(set(call["arguments"]) - set(known)) if isinstance(known, dict) and known else []
-                if unknown_args:
-                    raise RowError("unknown_argument", f"turn {i}: {name} has no parameter(s) {unknown_args}")
-                arguments = json.dumps(call["arguments"], ensure_ascii=False)
-                tool_calls.append({"type": "function", "function": {"name": name, "arguments": arguments}})
-            messages.append({"role": "assistant", "content": "", "tool_calls": tool_calls})
-            pending_calls = True
+        if role == "assistant":
+            messages.append(_assistant(i, value, by_raw_name, properties))
+            pending_calls = "tool_calls" in messages[-1]
         elif role == "tool":
             if not pending_calls:
                 raise RowError("orphan_tool_result", f"turn {i} is a tool result with no call before it")
@@ -385,7 +351,10 @@ def convert_rows(rows: Iterable[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def summarize(converted: list, rejects: list[dict]) -> dict:
-    """Counts for a data report: totals and rejected rows by kind."""
+    """Counts for a data report: totals, rejected rows by kind (and rows without a recognisable
+    tool list by the language of their system prompt), and the row shapes the converter decided on."""
+    no_list = Counter(re.search(r"language: (\w+)", r["reason"]).group(1) for r in rejects
+                      if r["kind"] == "no_tool_list" and "language: " in r["reason"])
     return {
         "rows_in": len(converted) + len(rejects),
         "rows_out": len(converted),
@@ -393,6 +362,12 @@ def summarize(converted: list, rejects: list[dict]) -> dict:
         "rejected_by_kind": dict(sorted(Counter(r["kind"] for r in rejects).items())),
         "rows_with_calls": sum(any(m.get("tool_calls") for m in r["messages"]) for r in converted),
         "tool_calls": sum(len(m.get("tool_calls") or ()) for r in converted for m in r["messages"]),
+        "no_tool_list_by_language": dict(sorted(no_list.items())),
+        "rows_text_only": sum(not r["tools"] for r in converted),
+        "turns_text_and_calls": sum(bool(m.get("tool_calls")) and bool(m["content"]) for r in converted
+                                    for m in r["messages"]),
+        "rows_with_dialog_wrapper": sum(any(m["role"] == "user" and DIALOG_WRAPPER in m["content"]
+                                            for m in r["messages"]) for r in converted),
     }
 
 
