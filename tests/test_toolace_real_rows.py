@@ -14,8 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments import toolace  # noqa: E402
-from experiments.toolace import CallParseError, RowError, parse_pythonic_calls  # noqa: E402
+from experiments.data import toolace  # noqa: E402
+from experiments.data.toolace import CallParseError, RowError, parse_pythonic_calls  # noqa: E402
 from tests.test_toolace import HEAD, SEARCH, TAIL, WEATHER, row, system  # noqa: E402
 
 FX = {"name": "Currency Exchange", "description": "Convert currencies.", "parameters": {"type": "dict", "properties": {
