@@ -24,14 +24,7 @@ A ToolACE row (Team-ACE/ToolACE) looks like::
                 "function": {"name": "get_weather", "description": "...",
                              "parameters": "{\\"type\\": \\"object\\", ...}"}}]}
 
-Storage form: ``function.parameters`` and ``tool_calls[].function.arguments`` are JSON *strings*.
-Axolotl reads the JSONL through ``datasets``/Arrow, which merges every row's dicts into one
-struct type: a tool with properties {city} and another with {symbol} would both come back with
-{city, symbol}, the missing one set to null, and the chat template would print those nulls.
-Strings pass through Arrow untouched, and Axolotl 0.19's chat_template strategy ``json.loads``
-exactly these two fields back (``_get_tools`` and ``transform_message``) before rendering.
-Every other key is present in every row with a non-null value, except ``tool_calls`` on
-messages without calls (Arrow fills null there, and Axolotl drops null message keys).
+Storage form (JSON strings for parameters and arguments): see experiments.data.schema.
 
 Stdlib only at import time: this module is imported from the train, serve and eval envs.
 """
@@ -39,13 +32,14 @@ Stdlib only at import time: this module is imported from the train, serve and ev
 from __future__ import annotations
 
 import json
-import os
 import re
-from collections import Counter
 from typing import Any, Iterable
 
+from experiments.data import schema
 from experiments.data.pythonic import (  # noqa: F401  (re-exported: the call syntax lives there)
-    CallParseError, format_pythonic_calls, needs_rewrite, parse_pythonic_calls)
+    CallParseError, format_pythonic_calls, parse_pythonic_calls)
+from experiments.data.schema import RowError, normalize_tool, safe_name, to_native  # noqa: F401  (re-exported)
+from experiments.data.sources import load_raw, write_jsonl  # noqa: F401  (re-exported)
 
 # The phrases ToolACE puts before its JSON tool list (English and Chinese rows).
 TOOL_LIST_MARKERS = (
@@ -67,18 +61,6 @@ _UNMARKED_TOOL_LIST = re.compile(r'\[\s*\{\s*"name"\s*:')
 # The wrapper some ToolACE rows put around earlier dialogue inside one user turn (kept as is).
 DIALOG_WRAPPER = "Historical dialog data is as follows"
 
-# ToolACE/BFCL use Python-ish type names; OpenAI tools (what vLLM and BFCL's FC handler send) use
-# JSON-schema names. Same mapping idea as BFCL's GORILLA_TO_OPENAPI.
-_TYPE_ALIASES = {
-    "dict": "object",
-    "float": "number",
-    "int": "integer",
-    "bool": "boolean",
-    "str": "string",
-    "list": "array",
-    "tuple": "array",
-}
-
 _ROLES = {
     "user": "user",
     "human": "user",
@@ -92,15 +74,6 @@ _ROLES = {
 # An assistant turn that starts like `[name(` is a call list and must parse; anything else is text.
 # (Names outside this pattern, e.g. with "/", are matched against the row's tool list.)
 _LOOKS_LIKE_CALLS = re.compile(r"^\s*\[\s*[A-Za-z_][\w .\-]*\(")
-
-
-class RowError(ValueError):
-    """A row that cannot be converted. ``kind`` is a short category, ``reason`` the detail."""
-
-    def __init__(self, kind: str, reason: str):
-        super().__init__(f"{kind}: {reason}")
-        self.kind = kind
-        self.reason = reason
 
 
 # --------------------------------------------------------------------------- system prompt, tools
@@ -139,57 +112,6 @@ def split_system(system: str) -> tuple[str, list]:
     if rest:
         instructions = f"{instructions}\n{rest}" if instructions else rest
     return instructions, tools
-
-
-def _normalize_schema(node: Any) -> Any:
-    """Map Python-ish type names to JSON-schema ones (also inside type unions); drop null
-    ``required`` lists (every real ToolACE tool has ``"required": null``: nothing is required)."""
-    if isinstance(node, list):
-        return [_normalize_schema(v) for v in node]
-    if not isinstance(node, dict):
-        return node
-    out = {}
-    for key, value in node.items():
-        if key == "required" and value is None:
-            continue
-        if key == "type" and isinstance(value, str):
-            out[key] = _TYPE_ALIASES.get(value, value)
-        elif key == "type" and isinstance(value, list):  # a union such as ["int", "null"]
-            out[key] = [_TYPE_ALIASES.get(v, v) if isinstance(v, str) else v for v in value]
-        elif key == "properties" and isinstance(value, dict):
-            # keys of `properties` are parameter names, not schema keywords
-            out[key] = {name: _normalize_schema(sub) for name, sub in value.items()}
-        else:
-            out[key] = _normalize_schema(value)
-    return out
-
-
-def safe_name(name: str) -> str:
-    """OpenAI-valid function name (``^[A-Za-z0-9_-]+$``), as BFCL's FC handler sends them."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
-
-
-def normalize_tool(raw: Any) -> dict:
-    """One ToolACE tool definition -> native OpenAI tool dict (parameters still a dict)."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"].strip():
-        raise RowError("bad_tool", f"tool definition without a name: {str(raw)[:80]!r}")
-    params = raw.get("parameters")
-    if params is None:
-        params = {"type": "object", "properties": {}}
-    if not isinstance(params, dict):
-        raise RowError("bad_tool", f"{raw['name']}: parameters is not an object")
-    params = _normalize_schema(params)
-    if "properties" in params and not isinstance(params["properties"], dict):
-        raise RowError("bad_tool", f"{raw['name']}: parameters.properties is not an object")
-    description = raw.get("description")
-    return {
-        "type": "function",
-        "function": {
-            "name": safe_name(raw["name"].strip()),
-            "description": description if isinstance(description, str) else "",
-            "parameters": params,
-        },
-    }
 
 
 # --------------------------------------------------------------------------- rows
@@ -264,21 +186,6 @@ def _row_tools(system: Any, turns: list) -> tuple[str, list[dict], dict]:
     return instructions, tools, by_raw_name
 
 
-def _tool_calls(i: int, calls: list[dict], by_raw_name: dict, properties: dict) -> list[dict]:
-    out = []
-    for call in calls:
-        name = by_raw_name.get(call["name"])
-        if name is None:
-            raise RowError("unknown_tool", f"turn {i} calls {call['name']!r}, not in the tool list")
-        known = properties[name]
-        unknown_args = sorted(set(call["arguments"]) - set(known)) if isinstance(known, dict) and known else []
-        if unknown_args:
-            raise RowError("unknown_argument", f"turn {i}: {name} has no parameter(s) {unknown_args}")
-        arguments = json.dumps(call["arguments"], ensure_ascii=False)
-        out.append({"type": "function", "function": {"name": name, "arguments": arguments}})
-    return out
-
-
 def _assistant(i: int, value: str, by_raw_name: dict, properties: dict) -> dict:
     """One assistant turn: a call list, text followed by a call list, or text."""
     if not value.strip():
@@ -294,7 +201,7 @@ def _assistant(i: int, value: str, by_raw_name: dict, properties: dict) -> dict:
             content, calls = split
     except CallParseError as e:
         raise RowError("undecodable_call", f"turn {i}: {e}") from None
-    return {"role": "assistant", "content": content, "tool_calls": _tool_calls(i, calls, by_raw_name, properties)}
+    return {"role": "assistant", "content": content, "tool_calls": schema.tool_calls(i, calls, by_raw_name, properties)}
 
 
 def convert_row(row: dict) -> dict:
@@ -333,97 +240,16 @@ def convert_row(row: dict) -> dict:
     if not any(m["role"] == "assistant" for m in messages):
         raise RowError("no_assistant_turn", "nothing to train on: no assistant turn")
 
-    for tool in tools:  # storage form: see module docstring
-        fn = tool["function"]
-        fn["parameters"] = json.dumps(fn["parameters"], ensure_ascii=False)
-    return {"messages": messages, "tools": tools}
+    return schema.to_storage(messages, tools)
 
 
 def convert_rows(rows: Iterable[dict]) -> tuple[list[dict], list[dict]]:
     """Convert every row; each failure is returned as ``{"index", "kind", "reason"}``."""
-    converted, rejects = [], []
-    for index, row in enumerate(rows):
-        try:
-            converted.append(convert_row(row))
-        except RowError as e:
-            rejects.append({"index": index, "kind": e.kind, "reason": e.reason})
-    return converted, rejects
+    return schema.convert_rows(rows, convert_row)
 
 
 def summarize(converted: list, rejects: list[dict]) -> dict:
-    """Counts for a data report: totals, rejected rows by kind (and rows without a recognisable
-    tool list by the language of their system prompt), and the row shapes the converter decided on."""
-    no_list = Counter(re.search(r"language: (\w+)", r["reason"]).group(1) for r in rejects
-                      if r["kind"] == "no_tool_list" and "language: " in r["reason"])
-    return {
-        "rows_in": len(converted) + len(rejects),
-        "rows_out": len(converted),
-        "rejected": len(rejects),
-        "rejected_by_kind": dict(sorted(Counter(r["kind"] for r in rejects).items())),
-        "rows_with_calls": sum(any(m.get("tool_calls") for m in r["messages"]) for r in converted),
-        "tool_calls": sum(len(m.get("tool_calls") or ()) for r in converted for m in r["messages"]),
-        "no_tool_list_by_language": dict(sorted(no_list.items())),
-        "rows_text_only": sum(not r["tools"] for r in converted),
-        "turns_text_and_calls": sum(bool(m.get("tool_calls")) and bool(m["content"]) for r in converted
-                                    for m in r["messages"]),
-        "rows_with_dialog_wrapper": sum(any(m["role"] == "user" and DIALOG_WRAPPER in m["content"]
-                                            for m in r["messages"]) for r in converted),
-    }
-
-
-def to_native(row: dict) -> dict:
-    """Storage form -> plain dicts (parameters/arguments decoded), e.g. for the OpenAI API."""
-    tools = [
-        {**t, "function": {**t["function"], "parameters": json.loads(t["function"]["parameters"])}}
-        for t in row.get("tools") or []
-    ]
-    messages = []
-    for m in row["messages"]:
-        m = dict(m)
-        if m.get("tool_calls"):
-            m["tool_calls"] = [
-                {**c, "function": {**c["function"], "arguments": json.loads(c["function"]["arguments"])}}
-                for c in m["tool_calls"]
-            ]
-        elif "tool_calls" in m:
-            del m["tool_calls"]
-        messages.append(m)
-    return {"messages": messages, "tools": tools}
-
-
-# --------------------------------------------------------------------------- I/O
-
-
-def load_raw(path: str | None = None, hf_id: str | None = None, split: str = "train",
-             max_rows: int | None = None) -> list[dict]:
-    """Raw ToolACE rows from a local file (JSON Lines, or one JSON list like ToolACE's
-    data.json) or from the hub through ``datasets`` (imported only then)."""
-    if (path is None) == (hf_id is None):
-        raise ValueError("give exactly one of path= or hf_id=")
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        if text.lstrip().startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        import datasets  # heavy, and only the train env has it
-
-        rows = datasets.load_dataset(hf_id, split=split)
-        if max_rows is not None:
-            rows = rows.select(range(min(max_rows, len(rows))))
-        rows = rows.to_list()
-    return rows[:max_rows] if max_rows is not None else rows
-
-
-def write_jsonl(rows: Iterable[dict], path: str) -> int:
-    """Write rows as JSON Lines atomically (tmp file + rename); returns the row count."""
-    tmp = f"{path}.tmp"
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
+    """schema.summarize plus the rows holding earlier dialogue in one user turn (kept as they are)."""
+    return {**schema.summarize(converted, rejects),
+            "rows_with_dialog_wrapper": sum(any(m["role"] == "user" and DIALOG_WRAPPER in m["content"]
+                                                for m in r["messages"]) for r in converted)}
