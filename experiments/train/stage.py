@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.core import envs
 from experiments.core import runs
-from experiments.data import toolace
+from experiments.data import prepare
+from experiments.data.mix import MixError
 from experiments.train.axolotl_config import CombinationError, build_axolotl_config
 from experiments.core.config import ConfigError, compose, world_size
 from experiments.train.launcher import check_launcher, launch_command, launch_script, read_rank_records, verify_ranks
@@ -70,18 +71,26 @@ def ensure_model(cfg: DictConfig) -> None:
 
 
 def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
-    """ToolACE rows -> data/train.jsonl in the model's native tool format + data_report.json."""
-    rows = toolace.load_raw(path=cfg.data.path, hf_id=cfg.data.hf_id, split=cfg.data.split, max_rows=cfg.data.max_rows)
-    converted, rejects = toolace.convert_rows(rows)
-    if not converted:
-        raise StageError(f"data={cfg.data.name}: none of {len(rows)} rows converted; see {data_dir / 'data_report.json'}")
-    runs.write_text_atomic(data_dir / "train.jsonl", "".join(json.dumps(r) + "\n" for r in converted))
-    report = {"source": cfg.data.path or cfg.data.hf_id, **toolace.summarize(converted, rejects),
-              "rejects": rejects[:200]}  # the first 200 with their reasons; counts cover all
-    runs.write_json_atomic(data_dir / "data_report.json", report)
-    print(f"[train] data: {report['rows_out']}/{report['rows_in']} rows converted, {report['rejected']} rejected"
-          + (f" {report['rejected_by_kind']}" if rejects else ""))
+    """The data config's source(s) -> data/train.jsonl in the model's native tool format + data_report.json."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    counter = prepare.token_counter(cfg.model.path) if data.get("count_tokens", True) else None
+    try:
+        report = prepare.prepare(data, data_dir, count_tokens=counter)
+    except prepare.PrepareError as exc:
+        raise StageError(str(exc)) from None
+    print(f"[train] data: {report['rows_out']}/{report['rows_in']} rows, {report['rejected']} rejected"
+          + (f" {report['rejected_by_kind']}" if report["rejected"] else "")
+          + ("".join(f"; {n}: {s['rows_in_mix']} rows" for n, s in report["sources"].items())
+             if len(report["sources"]) > 1 else ""))
     return report
+
+
+def check_data(cfg: DictConfig) -> None:
+    """The data config's sources are well formed (before any folder exists)."""
+    try:
+        prepare.sources_of(OmegaConf.to_container(cfg.data, resolve=True))
+    except MixError as exc:
+        raise ConfigError(f"data={cfg.data.name}: {exc}") from None
 
 
 def read_train_log(path: Path) -> list[dict]:
@@ -148,6 +157,7 @@ def train(overrides: Sequence[str]) -> Path:
     # 1. Everything that can reject the request, before any folder or model exists (cheapest first:
     # a tracking server that is down is known in milliseconds, Axolotl's schema takes ~10 s).
     check_reachable(cfg.tracking.uri)
+    check_data(cfg)
     planned = results / (cfg.run.id or runs.new_run_id(cfg.method.name, cfg.model.name))
     validate_axolotl(build_axolotl_config(cfg, run_dir=planned, dataset_path=planned / "data" / "train.jsonl",
                                           mlflow_run_name=planned.name), cfg)

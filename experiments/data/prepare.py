@@ -1,0 +1,116 @@
+"""``data.*`` config -> ``<run>/data/train.jsonl`` + ``data_report.json`` (the I/O edge of the data layer).
+
+A single-source config (``data=toolace``, ``data=toolace_sample``) is a mixture of one source taken
+whole; ``data=mix`` lists several (experiments.data.mix). Per source the report records rows in and
+out, rejects by reason (the first 50 with their reasons), rows and tokens in the mixture, and the
+BFCL overlap found (experiments.data.decontam). Runs in the orchestrating (eval) env.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from experiments.core import runs
+from experiments.data import mix, schema, toolace
+from experiments.data.sources import load_raw
+
+
+class PrepareError(RuntimeError):
+    """No usable rows, or a config that cannot be prepared; the message says which."""
+
+
+def sources_of(data: dict) -> list[dict]:
+    """The validated source list: ``data.sources``, or the single source the config describes
+    (``data.max_rows`` then caps the raw rows read, as before mixtures existed)."""
+    if data.get("sources"):
+        return mix.check_sources(data["sources"], data.get("strategy") or "interleave",
+                                 data.get("stopping_strategy") or "first_exhausted")
+    single = {"name": data.get("name"), "converter": data.get("converter") or "toolace", "path": data.get("path"),
+              "hf_id": data.get("hf_id"), "config": data.get("config"), "split": data.get("split"),
+              "max_raw_rows": data.get("max_rows")}
+    return mix.check_sources([single])
+
+
+def summarize_source(converter: str, converted: list, rejects: list) -> dict:
+    return (toolace.summarize if converter == "toolace" else schema.summarize)(converted, rejects)
+
+
+def token_counter(model_path: str) -> Callable[[dict], int]:
+    """Tokens of one storage-form row rendered by the model's own chat template (transformers)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+
+    def count(row: dict) -> int:
+        native = schema.to_native(row)
+        text = tok.apply_chat_template(native["messages"], tools=native["tools"] or None, tokenize=False)
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+    return count
+
+
+def _totals(per_source: list[dict], written: list[dict]) -> dict:
+    kinds = Counter()
+    for s in per_source:
+        kinds.update(s["rejected_by_kind"])
+    return {"rows_in": sum(s["rows_in"] for s in per_source), "rows_converted": sum(s["rows_out"] for s in per_source),
+            "rows_out": len(written), "rejected": sum(s["rejected"] for s in per_source),
+            "rejected_by_kind": dict(sorted(kinds.items())),
+            "rows_with_calls": sum(any(m.get("tool_calls") for m in r["messages"]) for r in written),
+            "tool_calls": sum(len(m.get("tool_calls") or ()) for r in written for m in r["messages"])}
+
+
+def _tokens(pairs: list[tuple[int, int]], converted: list[list[dict]], n_sources: int,
+            count_tokens: Callable[[dict], int]) -> list[int]:
+    """Tokens per source over the mixture (a repeated row counts each time; each row is rendered once)."""
+    cache, tokens = {}, [0] * n_sources
+    for i, j in pairs:
+        if (i, j) not in cache:
+            cache[i, j] = count_tokens(converted[i][j])
+        tokens[i] += cache[i, j]
+    return tokens
+
+
+def prepare(data: dict, out_dir: Path, count_tokens: Callable[[dict], int] | None = None,
+            decontaminate: Callable[[list[list[dict]], list[dict]], tuple[list[list[dict]], dict]] | None = None
+            ) -> dict:
+    """Convert every source, optionally decontaminate, mix, write train.jsonl and data_report.json
+    (the report also when nothing is left, before PrepareError)."""
+    sources = sources_of(data)
+    converted, per_source, all_rejects = [], [], []
+    for src in sources:
+        raw = load_raw(path=src["path"], hf_id=src["hf_id"], split=src["split"], max_rows=src["max_raw_rows"],
+                       config=src["config"])
+        rows, rejects = schema.convert_rows(raw, mix.CONVERTERS[src["converter"]])
+        converted.append(rows)
+        per_source.append({"name": src["name"], "converter": src["converter"], "source": src["path"] or src["hf_id"],
+                           "weight": src["weight"], "max_rows": src["max_rows"],
+                           **summarize_source(src["converter"], rows, rejects), "rejects": rejects[:50]})
+        all_rejects += [{"source": src["name"], **r} for r in rejects]
+    report_extra = {}
+    if decontaminate is not None:
+        converted, report_extra["decontamination"] = decontaminate(converted, per_source)
+    report = {"source": per_source[0]["source"] if len(sources) == 1 else "mix", **report_extra,
+              "sources": {s["name"]: s for s in per_source}, "rejects": all_rejects[:200]}
+    try:
+        mixed, pairs, counts = mix.mix(converted, sources, int(data.get("seed") or 0),
+                                       data.get("strategy") or "interleave",
+                                       data.get("stopping_strategy") or "first_exhausted")
+    except mix.MixError as e:
+        mixed, problem = [], str(e)
+    else:
+        problem = f"data={data.get('name')}: none of {sum(s['rows_in'] for s in per_source)} rows converted"
+    report.update(_totals(per_source, mixed))
+    if not mixed:
+        runs.write_json_atomic(out_dir / "data_report.json", report)
+        raise PrepareError(f"{problem}; see {out_dir / 'data_report.json'}")
+    tokens = _tokens(pairs, converted, len(sources), count_tokens) if count_tokens else None
+    report["tokens"] = sum(tokens) if tokens else None
+    for i, s in enumerate(per_source):
+        s["rows_in_mix"] = counts[i]
+        s["tokens_in_mix"] = tokens[i] if tokens else None
+    runs.write_text_atomic(out_dir / "train.jsonl", "".join(json.dumps(r) + "\n" for r in mixed))
+    runs.write_json_atomic(out_dir / "data_report.json", report)
+    return report
