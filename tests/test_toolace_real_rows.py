@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.data import toolace  # noqa: E402
 from experiments.data.toolace import CallParseError, RowError, parse_pythonic_calls  # noqa: E402
-from tests.test_toolace import HEAD, SEARCH, TAIL, WEATHER, row, system  # noqa: E402
+from test_toolace import HEAD, SEARCH, TAIL, WEATHER, row, system  # noqa: E402
 
 FX = {"name": "Currency Exchange", "description": "Convert currencies.", "parameters": {"type": "dict", "properties": {
     "from": {"type": "string"}, "to": {"type": "string"}, "amount": {"type": "float"}}, "required": None}}
