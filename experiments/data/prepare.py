@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from experiments.core import runs
-from experiments.data import mix, schema, toolace
+from experiments.data import decontam, mix, schema, toolace
 from experiments.data.sources import load_raw
 
 
@@ -73,8 +73,20 @@ def _tokens(pairs: list[tuple[int, int]], converted: list[list[dict]], n_sources
     return tokens
 
 
+def bfcl_check(data: dict) -> Callable | None:
+    """The decontamination step ``data.decontaminate`` asks for (None for off); reads BFCL's data."""
+    mode = data.get("decontaminate") or "report"
+    if mode not in decontam.MODES:
+        raise PrepareError(f"data.decontaminate={mode!r}: expected one of {decontam.MODES}")
+    if mode == "off":
+        return None
+    opts = data.get("decontam") or {}
+    index = decontam.Index(decontam.load_bfcl(), n=int(opts.get("n", 8)), threshold=float(opts.get("threshold", 0.5)))
+    return lambda converted, names: decontam.check(converted, names, index, mode)
+
+
 def prepare(data: dict, out_dir: Path, count_tokens: Callable[[dict], int] | None = None,
-            decontaminate: Callable[[list[list[dict]], list[dict]], tuple[list[list[dict]], dict]] | None = None
+            decontaminate: Callable[[list[list[dict]], list[str]], tuple[list[list[dict]], dict]] | None = None
             ) -> dict:
     """Convert every source, optionally decontaminate, mix, write train.jsonl and data_report.json
     (the report also when nothing is left, before PrepareError)."""
@@ -91,7 +103,10 @@ def prepare(data: dict, out_dir: Path, count_tokens: Callable[[dict], int] | Non
         all_rejects += [{"source": src["name"], **r} for r in rejects]
     report_extra = {}
     if decontaminate is not None:
-        converted, report_extra["decontamination"] = decontaminate(converted, per_source)
+        converted, found = decontaminate(converted, [s["name"] for s in per_source])
+        report_extra["decontamination"] = found
+        for s in per_source:
+            s["bfcl_overlap"] = found["by_source"][s["name"]]
     report = {"source": per_source[0]["source"] if len(sources) == 1 else "mix", **report_extra,
               "sources": {s["name"]: s for s in per_source}, "rejects": all_rejects[:200]}
     try:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.core import envs
 from experiments.core import runs
 from experiments.data import prepare
+from experiments.data.decontam import MODES as DECONTAM_MODES, DecontamError, bfcl_data_dir
 from experiments.data.mix import MixError
 from experiments.train.axolotl_config import CombinationError, build_axolotl_config
 from experiments.core.config import ConfigError, compose, world_size
@@ -75,21 +76,29 @@ def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
     data = OmegaConf.to_container(cfg.data, resolve=True)
     counter = prepare.token_counter(cfg.model.path) if data.get("count_tokens", True) else None
     try:
-        report = prepare.prepare(data, data_dir, count_tokens=counter)
-    except prepare.PrepareError as exc:
+        report = prepare.prepare(data, data_dir, count_tokens=counter, decontaminate=prepare.bfcl_check(data))
+    except (prepare.PrepareError, DecontamError) as exc:
         raise StageError(str(exc)) from None
     print(f"[train] data: {report['rows_out']}/{report['rows_in']} rows, {report['rejected']} rejected"
           + (f" {report['rejected_by_kind']}" if report["rejected"] else "")
           + ("".join(f"; {n}: {s['rows_in_mix']} rows" for n, s in report["sources"].items())
-             if len(report["sources"]) > 1 else ""))
+             if len(report["sources"]) > 1 else "")
+          + (f"; BFCL overlap: {report['decontamination']['rows_overlapping']} rows"
+             f" ({report['decontamination']['rows_dropped']} dropped)" if "decontamination" in report else ""))
     return report
 
 
 def check_data(cfg: DictConfig) -> None:
     """The data config's sources are well formed (before any folder exists)."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
     try:
-        prepare.sources_of(OmegaConf.to_container(cfg.data, resolve=True))
-    except MixError as exc:
+        prepare.sources_of(data)
+        mode = data.get("decontaminate") or "report"
+        if mode not in DECONTAM_MODES:
+            raise ConfigError(f"data.decontaminate={mode!r}: expected one of {DECONTAM_MODES}")
+        if mode != "off":
+            bfcl_data_dir()
+    except (MixError, DecontamError) as exc:
         raise ConfigError(f"data={cfg.data.name}: {exc}") from None
 
 
