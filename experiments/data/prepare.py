@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from experiments.core import runs
-from experiments.data import decontam, mix, schema, toolace
+from experiments.data import decontam, mix, packing, schema, toolace
 from experiments.data.sources import load_raw
 
 
@@ -62,15 +62,14 @@ def _totals(per_source: list[dict], written: list[dict]) -> dict:
             "tool_calls": sum(len(m.get("tool_calls") or ()) for r in written for m in r["messages"])}
 
 
-def _tokens(pairs: list[tuple[int, int]], converted: list[list[dict]], n_sources: int,
-            count_tokens: Callable[[dict], int]) -> list[int]:
-    """Tokens per source over the mixture (a repeated row counts each time; each row is rendered once)."""
-    cache, tokens = {}, [0] * n_sources
-    for i, j in pairs:
-        if (i, j) not in cache:
-            cache[i, j] = count_tokens(converted[i][j])
-        tokens[i] += cache[i, j]
-    return tokens
+def _tokens(pairs: list[tuple[int, int]], converted: list[list[dict]], count_tokens: Callable[[dict], int]
+            ) -> list[int]:
+    """Tokens of each mixed row (each distinct row is rendered once)."""
+    cache = {}
+    for pair in pairs:
+        if pair not in cache:
+            cache[pair] = count_tokens(converted[pair[0]][pair[1]])
+    return [cache[p] for p in pairs]
 
 
 def bfcl_check(data: dict) -> Callable | None:
@@ -86,8 +85,8 @@ def bfcl_check(data: dict) -> Callable | None:
 
 
 def prepare(data: dict, out_dir: Path, count_tokens: Callable[[dict], int] | None = None,
-            decontaminate: Callable[[list[list[dict]], list[str]], tuple[list[list[dict]], dict]] | None = None
-            ) -> dict:
+            decontaminate: Callable[[list[list[dict]], list[str]], tuple[list[list[dict]], dict]] | None = None,
+            sequence_len: int | None = None) -> dict:
     """Convert every source, optionally decontaminate, mix, write train.jsonl and data_report.json
     (the report also when nothing is left, before PrepareError)."""
     sources = sources_of(data)
@@ -107,8 +106,8 @@ def prepare(data: dict, out_dir: Path, count_tokens: Callable[[dict], int] | Non
         report_extra["decontamination"] = found
         for s in per_source:
             s["bfcl_overlap"] = found["by_source"][s["name"]]
-    report = {"source": per_source[0]["source"] if len(sources) == 1 else "mix", **report_extra,
-              "sources": {s["name"]: s for s in per_source}, "rejects": all_rejects[:200]}
+    report = {"source": per_source[0]["source"] if len(sources) == 1 else "mix", **_totals(per_source, []),
+              **report_extra, "sources": {s["name"]: s for s in per_source}, "rejects": all_rejects[:200]}
     try:
         mixed, pairs, counts = mix.mix(converted, sources, int(data.get("seed") or 0),
                                        data.get("strategy") or "interleave",
@@ -121,11 +120,16 @@ def prepare(data: dict, out_dir: Path, count_tokens: Callable[[dict], int] | Non
     if not mixed:
         runs.write_json_atomic(out_dir / "data_report.json", report)
         raise PrepareError(f"{problem}; see {out_dir / 'data_report.json'}")
-    tokens = _tokens(pairs, converted, len(sources), count_tokens) if count_tokens else None
-    report["tokens"] = sum(tokens) if tokens else None
+    row_tokens = _tokens(pairs, converted, count_tokens) if count_tokens else None
+    report["tokens"] = sum(row_tokens) if row_tokens else None
+    if row_tokens:
+        report["tokens_per_row"] = packing.length_stats(row_tokens)
+        if sequence_len:
+            report["rows_over_sequence_len"] = {"sequence_len": sequence_len,
+                                                "rows": sum(t > sequence_len for t in row_tokens)}
     for i, s in enumerate(per_source):
         s["rows_in_mix"] = counts[i]
-        s["tokens_in_mix"] = tokens[i] if tokens else None
+        s["tokens_in_mix"] = sum(t for (k, _), t in zip(pairs, row_tokens) if k == i) if row_tokens else None
     runs.write_text_atomic(out_dir / "train.jsonl", "".join(json.dumps(r) + "\n" for r in mixed))
     runs.write_json_atomic(out_dir / "data_report.json", report)
     return report

@@ -19,7 +19,8 @@ from experiments.report.common import ReportError, norm_name, read_json_or_none,
 
 
 def load_run(run_dir: Path) -> dict:
-    """What a report needs of one run folder: run.json, train_metrics.json, the resolved config."""
+    """What a report needs of one run folder: run.json, train_metrics.json, data_report.json, the
+    resolved config."""
     run_dir = Path(run_dir)
     info = runs.read_json(run_dir / runs.RUN_JSON)
     config = None
@@ -29,7 +30,8 @@ def load_run(run_dir: Path) -> dict:
         except yaml.YAMLError:
             config = None
     return {"dir": run_dir, "id": run_dir.name, "info": info,
-            "metrics": read_json_or_none(run_dir / "train_metrics.json"), "config": config or {}}
+            "metrics": read_json_or_none(run_dir / "train_metrics.json"),
+            "data": read_json_or_none(run_dir / "data" / "data_report.json"), "config": config or {}}
 
 
 def all_runs(results: Path) -> list[dict]:

@@ -60,6 +60,47 @@ def training_table(rows: Sequence[dict], best_id: str | None) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def data_table(rows: Sequence[dict]) -> pd.DataFrame:
+    """Per run: the training data (data_report.json): conversion, BFCL overlap, packing."""
+    out = []
+    for r in rows:
+        rep = r.get("data") or {}
+        dec, pk = rep.get("decontamination") or {}, rep.get("packing") or {}
+        tpr = pk.get("tokens_per_row") or {}
+        out.append({
+            "run": f"`{r['id']}`", "data": r["info"].get("data", "?"),
+            "sources": ", ".join(f"{n} {s.get('rows_in_mix')}" for n, s in (rep.get("sources") or {}).items()) or "-",
+            "rows in": fmt(rep.get("rows_in")), "rejected": fmt(rep.get("rejected")), "rows out": fmt(rep.get("rows_out")),
+            "BFCL overlap": fmt(dec.get("rows_overlapping")) + (f" ({fmt(dec.get('rows_dropped'))} dropped)"
+                                                                if dec.get("mode") == "drop" else ""),
+            "dropped by Axolotl": fmt(pk.get("rows_dropped")),
+            "tokens/row p50": fmt(tpr.get("p50"), 0), "p95": fmt(tpr.get("p95"), 0), "max": fmt(tpr.get("max")),
+            "packing efficiency": fmt(pk.get("packing_efficiency"), 3), "trained share": fmt(pk.get("trained_share"), 3),
+        })
+    return pd.DataFrame(out)
+
+
+def data_lines(d: dict, rows: Sequence[dict]) -> list[str]:
+    with_data = [r for r in rows if r.get("data")]
+    if not with_data:
+        return []
+    L = ["### Training data\n", markdown_table(data_table(with_data))]
+    for r in with_data:
+        cats = ((r["data"].get("decontamination") or {}).get("by_category") or {})
+        if cats:
+            L.append(f"- `{r['id']}` BFCL overlap by category: " + ", ".join(
+                f"{c} {v.get('rows')} ({', '.join(f'{k} {n}' for k, n in v.items() if k != 'rows')})"
+                for c, v in cats.items()) + ".")
+    L.append("Columns: rows read, rejected by the converters (reasons in the file), written to train.jsonl; "
+             "rows overlapping BFCL test items (normalised exact match, word n-gram containment, identical "
+             "function-doc sets; `data.decontaminate=drop` removes them); rows Axolotl dropped from its "
+             "prepared dataset (longer than `sequence_len`, or nothing to train); tokens per prepared row; "
+             "packing efficiency = tokens / (packed sequences x `sequence_len`) with Axolotl's packer "
+             "(only with `sample_packing`); trained share = tokens with a label / all tokens.\n")
+    L.append("Source: " + ", ".join(code_path(d, r["dir"] / "data" / "data_report.json") for r in with_data) + ".\n")
+    return L
+
+
 def section(d: dict, plots: dict[str, Path]) -> list[str]:
     """Markdown lines of the Training section (pure)."""
     rows, info, sid = d["rows"], d["subject"]["info"], d["subject"]["id"]
@@ -95,7 +136,7 @@ def section(d: dict, plots: dict[str, Path]) -> list[str]:
         add(image(d, plots, "loss_curves", "loss curves") + "\n")
         add("Training loss (solid) and evaluation loss (dashed, markers) per step, from `loss_curve` "
             "and `eval_loss_curve` of the same files.\n")
-    return L
+    return L + data_lines(d, rows)
 
 
 def plot_losses(rows: Iterable[dict], path: Path) -> Path | None:

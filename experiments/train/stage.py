@@ -76,7 +76,8 @@ def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
     data = OmegaConf.to_container(cfg.data, resolve=True)
     counter = prepare.token_counter(cfg.model.path) if data.get("count_tokens", True) else None
     try:
-        report = prepare.prepare(data, data_dir, count_tokens=counter, decontaminate=prepare.bfcl_check(data))
+        report = prepare.prepare(data, data_dir, count_tokens=counter, decontaminate=prepare.bfcl_check(data),
+                                 sequence_len=cfg.axolotl.get("sequence_len"))
     except (prepare.PrepareError, DecontamError) as exc:
         raise StageError(str(exc)) from None
     print(f"[train] data: {report['rows_out']}/{report['rows_in']} rows, {report['rejected']} rejected"
@@ -86,6 +87,52 @@ def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
           + (f"; BFCL overlap: {report['decontamination']['rows_overlapping']} rows"
              f" ({report['decontamination']['rows_dropped']} dropped)" if "decontamination" in report else ""))
     return report
+
+
+PACKING_METRICS = {"tokens_per_row_p50": ("tokens_per_row", "p50"), "tokens_per_row_p95": ("tokens_per_row", "p95"),
+                   "tokens_per_row_max": ("tokens_per_row", "max"), "rows_dropped": ("rows_dropped",),
+                   "packing_efficiency": ("packing_efficiency",), "trained_share": ("trained_share",)}
+
+
+def packing_metrics(stats: dict) -> dict:
+    """data/<name> metrics of a packing block (the ones that have a value)."""
+    out = {}
+    for name, keys in PACKING_METRICS.items():
+        value = stats
+        for k in keys:
+            value = value.get(k) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"data/{name}"] = value
+    return out
+
+
+def record_packing(cfg: DictConfig, ax: dict, run_dir: Path, tracker) -> None:
+    """Packing statistics of Axolotl's prepared dataset -> data_report.json["packing"] and MLflow.
+    They describe the run; a failure to compute them is recorded, not fatal."""
+    report_path = run_dir / "data" / "data_report.json"
+    report = runs.read_json(report_path)
+    cmd = [str(envs.python("train", Path(cfg.paths.venv))), "-m", "experiments.train.packing_stats",
+           str(ax["dataset_prepared_path"]), "--rows-written", str(report["rows_out"]),
+           "--sequence-len", str(ax["sequence_len"]), "--micro-batch-size", str(ax.get("micro_batch_size") or 1),
+           "--bin-size", str(ax.get("sample_packing_bin_size") or 200),
+           "--group-size", str(ax.get("sample_packing_group_size") or 100_000), "--seed", str(ax.get("seed") or 0)]
+    if ax.get("sample_packing"):
+        cmd.append("--sample-packing")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=envs.subprocess_env())
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        report["packing"] = {"error": tail[0]}
+        print(f"[train] packing statistics failed: {tail[0]}", file=sys.stderr)
+    else:
+        report["packing"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        p = report["packing"]
+        print(f"[train] prepared: {p['rows_prepared']}/{p['rows_written']} rows (dropped {p['rows_dropped']}), tokens/row "
+              f"p50 {p['tokens_per_row']['p50']} p95 {p['tokens_per_row']['p95']} max {p['tokens_per_row']['max']}, "
+              f"trained share {p['trained_share']:.3f}"
+              + (f", packing efficiency {p['packing_efficiency']:.3f}" if p["sample_packing"] else ""), flush=True)
+        tracker.log_metrics(packing_metrics(p))
+    runs.write_json_atomic(report_path, report)
+    tracker.log_artifacts([report_path])
 
 
 def check_data(cfg: DictConfig) -> None:
@@ -213,6 +260,7 @@ def train(overrides: Sequence[str]) -> Path:
             raise StageError(f"axolotl train exited {rc}" + ("" if adapter.exists() else f", no adapter at {adapter}")
                              + f"; log: {run_dir / 'train.log'}")
         check_distributed(cfg, run_dir / "adapter", run_dir / "train_metrics.json")
+        record_packing(cfg, ax, run_dir, tracker)
         status = "FINISHED"
     finally:
         runs.update_run_json(run_dir, stages={"train": "done" if status == "FINISHED" else "failed"})
