@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.data import glaive, hermes, mix, prepare  # noqa: E402
+from experiments.data import glaive, hermes, mix, prepare, schema  # noqa: E402
 from experiments.data.schema import RowError  # noqa: E402
 from experiments.data.sources import load_raw  # noqa: E402
 
@@ -122,10 +122,10 @@ def test_samples_convert_cleanly_and_match_their_generator():
     for kind, module in (("glaive", glaive), ("hermes", hermes)):
         raw = load_raw(path=str(DATA / f"{kind}_sample.jsonl"))
         assert gen.make_rows(kind, len(raw), seed=0) == raw
-        converted, rejects = module.convert_rows(raw)
+        converted, rejects = schema.convert_rows(raw, module.convert_row)
         assert rejects == [] and len(converted) == len(raw) >= 20
         assert sum(bool(r["tools"]) for r in converted) >= 15 and any(not r["tools"] for r in converted)
-    hermes_rows, _ = hermes.convert_rows(load_raw(path=str(DATA / "hermes_sample.jsonl")))
+    hermes_rows, _ = schema.convert_rows(load_raw(path=str(DATA / "hermes_sample.jsonl")), hermes.convert_row)
     assert any(len(m.get("tool_calls") or ()) > 1 for r in hermes_rows for m in r["messages"])
 
 
@@ -198,7 +198,7 @@ def test_prepare_writes_the_mixture_and_per_source_report(tmp_path):
     assert gl["rejected_by_kind"] == {"unknown_tool": 2} and report["rejected_by_kind"] == {"unknown_tool": 2}
     assert ta["rows_in_mix"] + gl["rows_in_mix"] == report["rows_out"] == len(written)
     assert ta["rows_in_mix"] == 222 and len({json.dumps(r) for r in written} - {json.dumps(r) for r in
-                                            glaive.convert_rows(glaive_rows)[0]}) == 222  # 10 distinct glaive rows
+                                            schema.convert_rows(glaive_rows, glaive.convert_row)[0]}) == 222  # 10 distinct glaive rows
     assert report["tokens"] == sum(len(json.dumps(r)) for r in written) == ta["tokens_in_mix"] + gl["tokens_in_mix"]
     assert [r["source"] for r in report["rejects"]] == ["gl", "gl"]
 
@@ -217,3 +217,41 @@ def test_prepare_with_nothing_left_writes_the_report_and_fails(tmp_path):
     with pytest.raises(prepare.PrepareError, match="data_report.json"):
         prepare.prepare({"name": "x", "converter": "glaive", "path": str(tmp_path / "bad.jsonl")}, tmp_path / "o")
     assert json.loads((tmp_path / "o" / "data_report.json").read_text())["rejected_by_kind"] == {"no_assistant_turn": 1}
+
+
+def test_fuzzed_glaive_and_hermes_rows_are_converted_or_rejected_never_crash():
+    import random
+    rng = random.Random(17)
+    noise = list("{}[]'\":,\n") + ["<functioncall>", "<tool_call>", "</tool_call>", "<tools>", "USER: ",
+                                   "ASSISTANT: ", "FUNCTION RESPONSE: ", "<|endoftext|>", "__import__"]
+
+    def mutate(text):
+        chars = list(text)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(chars) + 1)
+            if rng.random() < 0.5 and chars:
+                del chars[min(at, len(chars) - 1)]
+            else:
+                chars.insert(at, rng.choice(noise))
+        return "".join(chars)
+
+    outcomes = {"ok": 0, "rejected": 0}
+    samples = {kind: load_raw(path=str(DATA / f"{kind}_sample.jsonl")) for kind in ("glaive", "hermes")}
+    for i in range(400):
+        kind = ("glaive", "hermes")[i % 2]
+        r = json.loads(json.dumps(rng.choice(samples[kind])))
+        if kind == "glaive":
+            field = "system" if rng.random() < 0.3 else "chat"
+            r[field] = mutate(r[field])
+        else:
+            turn = rng.choice(r["conversations"])
+            turn["value"] = mutate(turn["value"])
+        try:
+            out = (glaive if kind == "glaive" else hermes).convert_row(r)
+        except RowError as e:
+            assert e.kind and e.reason
+            outcomes["rejected"] += 1
+            continue
+        json.dumps(out)
+        outcomes["ok"] += 1
+    assert outcomes["ok"] > 50 and outcomes["rejected"] > 50

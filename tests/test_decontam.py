@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.data import decontam, glaive, hermes, prepare, toolace  # noqa: E402
+from experiments.data import decontam, glaive, hermes, prepare, schema, toolace  # noqa: E402
 from experiments.data.sources import load_raw  # noqa: E402
 from test_toolace import HEAD, TAIL, WEATHER, row  # noqa: E402
 
@@ -91,7 +91,7 @@ def test_planted_bfcl_question_is_found_per_category_and_dropped(tmp_path):
 @needs_bfcl
 def test_shipped_samples_do_not_overlap_bfcl():
     index = decontam.Index(decontam.load_bfcl())
-    converted = [m.convert_rows(load_raw(path=str(ROOT / "data" / f"{k}_sample.jsonl")))[0]
+    converted = [schema.convert_rows(load_raw(path=str(ROOT / "data" / f"{k}_sample.jsonl")), m.convert_row)[0]
                  for k, m in (("toolace", toolace), ("glaive", glaive), ("hermes", hermes))]
     kept, report = decontam.check(converted, ["toolace", "glaive", "hermes"], index, "drop")
     assert report["rows_overlapping"] == 0 and [len(k) for k in kept] == [len(c) for c in converted]

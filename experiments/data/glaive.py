@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterable
+from typing import Any
 
 from experiments.data import schema
 from experiments.data.schema import RowError
@@ -107,9 +107,7 @@ def convert_row(row: dict) -> dict:
     pending = False
     for i, (role, text) in enumerate(split_chat(row.get("chat"))):
         if role == "tool":
-            if not pending:
-                raise RowError("orphan_tool_result", f"turn {i} is a function response with no call before it")
-            messages.append({"role": "tool", "content": text})
+            messages.append(schema.tool_result(i, text, pending))
             continue
         if role == "assistant" and not text.strip():
             raise RowError("empty_assistant_turn", f"turn {i} is an empty assistant turn")
@@ -121,10 +119,4 @@ def convert_row(row: dict) -> dict:
             continue
         messages.append({"role": role, "content": text})
         pending = False
-    if not any(m["role"] == "assistant" for m in messages):
-        raise RowError("no_assistant_turn", "nothing to train on: no assistant turn")
     return schema.to_storage(messages, tools)
-
-
-def convert_rows(rows: Iterable[dict]) -> tuple[list[dict], list[dict]]:
-    return schema.convert_rows(rows, convert_row)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from typing import Any, Iterable
+from typing import Any
 
 from experiments.data import schema
 from experiments.data.schema import RowError
@@ -108,20 +108,11 @@ def convert_row(row: dict) -> dict:
             by_name = {t["name"].strip(): tool["function"]["name"] for t, tool in zip(raw, tools)}
             properties = {t["function"]["name"]: t["function"]["parameters"].get("properties") for t in tools}
         elif role == "tool":
-            if not pending:
-                raise RowError("orphan_tool_result", f"turn {i} is a tool result with no call before it")
-            blocks = _RESPONSE.findall(text)
-            messages += [{"role": "tool", "content": b} for b in (blocks or [text])]
+            messages += [schema.tool_result(i, b, pending) for b in (_RESPONSE.findall(text) or [text])]
         elif role == "assistant":
             messages.append(assistant(i, text, by_name, properties))
             pending = "tool_calls" in messages[-1]
         else:
             messages.append({"role": role, "content": text})
             pending = False
-    if not any(m["role"] == "assistant" for m in messages):
-        raise RowError("no_assistant_turn", "nothing to train on: no assistant turn")
     return schema.to_storage(messages, tools)
-
-
-def convert_rows(rows: Iterable[dict]) -> tuple[list[dict], list[dict]]:
-    return schema.convert_rows(rows, convert_row)

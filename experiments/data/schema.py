@@ -109,8 +109,18 @@ def tool_calls(i: int, calls: list[dict], by_raw_name: dict, properties: dict) -
     return out
 
 
+def tool_result(i: int, content: str, pending_calls: bool) -> dict:
+    """A tool message; it must answer an assistant call."""
+    if not pending_calls:
+        raise RowError("orphan_tool_result", f"turn {i} is a tool result with no call before it")
+    return {"role": "tool", "content": content}
+
+
 def to_storage(messages: list[dict], tools: list[dict]) -> dict:
-    """Native tools (parameters as dicts) -> the storage-form row."""
+    """Messages + native tools (parameters as dicts) -> the storage-form row; a row needs an
+    assistant turn to train on."""
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError("no_assistant_turn", "nothing to train on: no assistant turn")
     for tool in tools:
         fn = tool["function"]
         fn["parameters"] = json.dumps(fn["parameters"], ensure_ascii=False)

@@ -230,16 +230,10 @@ def convert_row(row: dict) -> dict:
             messages.append(_assistant(i, value, by_raw_name, properties))
             pending_calls = "tool_calls" in messages[-1]
         elif role == "tool":
-            if not pending_calls:
-                raise RowError("orphan_tool_result", f"turn {i} is a tool result with no call before it")
-            messages.append({"role": "tool", "content": value})
+            messages.append(schema.tool_result(i, value, pending_calls))
         else:
             messages.append({"role": role, "content": value})
             pending_calls = False
-
-    if not any(m["role"] == "assistant" for m in messages):
-        raise RowError("no_assistant_turn", "nothing to train on: no assistant turn")
-
     return schema.to_storage(messages, tools)
 
 
