@@ -75,13 +75,12 @@ def test_axolotl_packer_on_a_prepared_dataset(tmp_path):
 
 
 def test_packing_metrics_for_mlflow_and_the_report_table():
-    from experiments.train.stage import packing_metrics
     from experiments.report.training import data_table
     stats = packing.summarize([5, 6, 5, 5, 6, 5], 12, 8, 10, [[0, 2], [1], [3, 5], [4]])
-    assert packing_metrics(stats) == {"data/tokens_per_row_p50": 5, "data/tokens_per_row_p95": 6,
+    assert packing.metrics(stats) == {"data/tokens_per_row_p50": 5, "data/tokens_per_row_p95": 6,
                                       "data/tokens_per_row_max": 6, "data/rows_dropped": 2,
                                       "data/packing_efficiency": 0.8, "data/trained_share": 12 / 32}
-    assert packing_metrics({"error": "x"}) == {}
+    assert packing.metrics({"error": "x"}) == {}
     rep = {"rows_in": 10, "rejected": 2, "rows_out": 8, "packing": stats,
            "decontamination": {"mode": "drop", "rows_overlapping": 1, "rows_dropped": 1},
            "sources": {"toolace": {"rows_in_mix": 5}, "glaive": {"rows_in_mix": 3}}}

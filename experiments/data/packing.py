@@ -58,3 +58,20 @@ def summarize(lengths: Sequence[int], trained: int, rows_written: int, sequence_
             "trained_tokens": trained, "trained_share": trained / total if total else None,
             "sample_packing": bins is not None, "packed_sequences": len(bins) if bins is not None else None,
             "packing_efficiency": efficiency(lengths, bins, sequence_len) if bins is not None else None}
+
+
+METRICS = {"tokens_per_row_p50": ("tokens_per_row", "p50"), "tokens_per_row_p95": ("tokens_per_row", "p95"),
+           "tokens_per_row_max": ("tokens_per_row", "max"), "rows_dropped": ("rows_dropped",),
+           "packing_efficiency": ("packing_efficiency",), "trained_share": ("trained_share",)}
+
+
+def metrics(stats: dict) -> dict:
+    """MLflow metrics ``data/<name>`` of a packing block (the ones that have a value)."""
+    out = {}
+    for name, keys in METRICS.items():
+        value = stats
+        for k in keys:
+            value = value.get(k) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"data/{name}"] = value
+    return out

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from experiments.core import runs
 from experiments.core.config import ConfigError, compose
+from experiments.data import packing
 from experiments.tracking.params import train_params, train_tags  # the same as a live run
 from experiments.tracking.client import Tracker, TrackingError, check_reachable, client_for
 
@@ -95,6 +96,8 @@ def sync(run_dir: Path, tracking_cfg, *, force: bool = False) -> str:
         if metrics_path.exists():
             m = runs.read_json(metrics_path)
             tracker.log_metrics({f"final/{k}": v for k, v in m.items() if not isinstance(v, (list, dict))})
+        if data_report.get("packing"):
+            tracker.log_metrics(packing.metrics(data_report["packing"]))
         tracker.log_artifacts([run_dir / name for name in ARTIFACTS])
     except Exception as exc:
         with contextlib.suppress(Exception):

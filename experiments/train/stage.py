@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.core import envs
 from experiments.core import runs
-from experiments.data import prepare
+from experiments.data import packing, prepare
 from experiments.data.decontam import MODES as DECONTAM_MODES, DecontamError, bfcl_data_dir
 from experiments.data.mix import MixError
 from experiments.train.axolotl_config import CombinationError, build_axolotl_config
@@ -80,30 +80,13 @@ def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
                                  sequence_len=cfg.axolotl.get("sequence_len"))
     except (prepare.PrepareError, DecontamError) as exc:
         raise StageError(str(exc)) from None
-    print(f"[train] data: {report['rows_out']}/{report['rows_in']} rows, {report['rejected']} rejected"
-          + (f" {report['rejected_by_kind']}" if report["rejected"] else "")
+    print(f"[train] data: {report['rows_in']} rows read, {report['rejected']} rejected"
+          + (f" {report['rejected_by_kind']}" if report["rejected"] else "") + f", {report['rows_out']} written"
           + ("".join(f"; {n}: {s['rows_in_mix']} rows" for n, s in report["sources"].items())
              if len(report["sources"]) > 1 else "")
           + (f"; BFCL overlap: {report['decontamination']['rows_overlapping']} rows"
              f" ({report['decontamination']['rows_dropped']} dropped)" if "decontamination" in report else ""))
     return report
-
-
-PACKING_METRICS = {"tokens_per_row_p50": ("tokens_per_row", "p50"), "tokens_per_row_p95": ("tokens_per_row", "p95"),
-                   "tokens_per_row_max": ("tokens_per_row", "max"), "rows_dropped": ("rows_dropped",),
-                   "packing_efficiency": ("packing_efficiency",), "trained_share": ("trained_share",)}
-
-
-def packing_metrics(stats: dict) -> dict:
-    """data/<name> metrics of a packing block (the ones that have a value)."""
-    out = {}
-    for name, keys in PACKING_METRICS.items():
-        value = stats
-        for k in keys:
-            value = value.get(k) if isinstance(value, dict) else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[f"data/{name}"] = value
-    return out
 
 
 def record_packing(cfg: DictConfig, ax: dict, run_dir: Path, tracker) -> None:
@@ -130,7 +113,7 @@ def record_packing(cfg: DictConfig, ax: dict, run_dir: Path, tracker) -> None:
               f"p50 {p['tokens_per_row']['p50']} p95 {p['tokens_per_row']['p95']} max {p['tokens_per_row']['max']}, "
               f"trained share {p['trained_share']:.3f}"
               + (f", packing efficiency {p['packing_efficiency']:.3f}" if p["sample_packing"] else ""), flush=True)
-        tracker.log_metrics(packing_metrics(p))
+        tracker.log_metrics(packing.metrics(p))
     runs.write_json_atomic(report_path, report)
     tracker.log_artifacts([report_path])
 
