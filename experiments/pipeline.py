@@ -117,7 +117,8 @@ def main(argv=None) -> int:
     try:
         run_all(args.overrides, run=args.run, fresh=args.fresh, kind=args.model)
     except PipelineError as exc:
-        traceback.print_exception(exc.__cause__, file=sys.stderr, limit=-3)
+        if not isinstance(exc.__cause__, (runs.StageIncomplete, ConfigError, runs.RunError)):
+            traceback.print_exception(exc.__cause__, file=sys.stderr, limit=-3)
         print(f"[all] {exc}", file=sys.stderr)
         return 1
     except (ConfigError, runs.RunError) as exc:

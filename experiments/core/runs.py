@@ -22,11 +22,25 @@ class RunError(ValueError):
     """A run folder problem; the message names the folder or file."""
 
 
+class StageIncomplete(RuntimeError):
+    """A stage ran but did not finish its work (requests failed, the server went away).
+
+    Its results so far are on disk and run.json records the stage as `status` ("partial" when
+    some work was done, "failed" when none) with `counts`; the message says what failed, how
+    much, and the command that resumes. Raised inside the stage's MLflow run, which therefore
+    ends FAILED; the command line exits non-zero and `make all` runs the stage again."""
+
+    def __init__(self, message: str, status: str = "partial", counts: dict | None = None):
+        super().__init__(message)
+        self.status, self.counts = status, dict(counts or {})
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a result file is as readable as any other
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -34,6 +48,17 @@ def write_text_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
@@ -113,6 +138,20 @@ def update_run_json(run_dir: Path, **fields: Any) -> dict:
             data[key] = value
     write_json_atomic(path, data)
     return data
+
+
+def record_stage(run_dir: Path, stage: str, status: str, counts: dict | None = None) -> dict:
+    """run.json: stages[stage] = status ("running", "done", "partial", "failed") and, unless done,
+    stage_counts[stage] = what was missing or failed (cleared once the stage is done)."""
+    info = update_run_json(run_dir, stages={stage: status})
+    tallies = dict(info.get("stage_counts", {}))
+    if status == "done":
+        tallies.pop(stage, None)
+    elif counts is not None:
+        tallies[stage] = counts
+    info["stage_counts"] = tallies
+    write_json_atomic(Path(run_dir) / RUN_JSON, info)
+    return info
 
 
 def list_runs(results: Path) -> list[dict]:
