@@ -253,8 +253,8 @@ def test_killed_client_keeps_the_records_it_measured(stub, tmp_path):
 def test_make_bench_against_a_dying_server_fails_the_stage_and_a_rerun_gets_its_own_folder(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from experiments import benchmark
-    from experiments.config import compose
+    from experiments.bench import stage as benchmark
+    from experiments.core.config import compose
 
     results, run = tmp_path / "results", tmp_path / "results" / "r1"
     run.mkdir(parents=True)
@@ -264,7 +264,7 @@ def test_make_bench_against_a_dying_server_fails_the_stage_and_a_rerun_gets_its_
                  "bench.concurrency=[2,3]", "bench.num_requests=10", "bench.warmup_requests=0"]
 
     def make_bench(url):
-        return subprocess.run([sys.executable, "-m", "experiments.benchmark", "--run", "r1", "--endpoint",
+        return subprocess.run([sys.executable, "-m", "experiments.bench.stage", "--run", "r1", "--endpoint",
                                f"{url}/v1", *overrides], cwd=REPO, env=env, capture_output=True, text=True)
 
     def statuses():

@@ -318,7 +318,7 @@ def test_make_eval_against_a_dying_server_fails_the_stage_and_a_rerun_completes_
                  "bfcl.num_threads=4"]
 
     def make_eval(server):
-        return subprocess.run([sys.executable, "-m", "experiments.evaluate", "--run", "r1", "--endpoint",
+        return subprocess.run([sys.executable, "-m", "experiments.bfcl.stage", "--run", "r1", "--endpoint",
                                f"{server.url}/v1", *overrides], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
 
     def mlflow_status():

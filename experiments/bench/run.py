@@ -34,8 +34,8 @@ from experiments.bench import metrics
 from experiments.bench.client import LoadSpec, auth_headers, root_url, run_level
 from experiments.bench.records import RequestRecord
 from experiments.bench.workloads import build_requests
-from experiments.procs import healthy
-from experiments.runs import current_umask
+from experiments.core.procs import healthy
+from experiments.core.runs import current_umask
 
 SWEEP_COLUMNS = {  # flattened summary key -> sweep table header
     "label": "level", "requests_total": "requests", "requests_failed": "failed",
