@@ -296,6 +296,34 @@ def test_make_bench_against_a_dying_server_fails_the_stage_and_a_rerun_gets_its_
     assert benchmark.is_complete(cfg, run, "external") and statuses() == ["FAILED", "FINISHED"]
 
 
+def _files_holding(root: Path, secret: str) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_make_bench_against_a_keyed_endpoint_sends_the_key_and_never_writes_it(tmp_path):
+    key = "sk-h12-bench-" + "7" * 16
+    results, run = tmp_path / "results", tmp_path / "results" / "r1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"run_id": "r1", "stages": {"train": "done"}}))
+    overrides = ["profile=cpu", "workload=synthetic", "workload.input_tokens=16", "workload.max_tokens=5",
+                 "bench.concurrency=[2]", "bench.num_requests=6", "bench.warmup_requests=1"]
+    with stub_server("--api-key", key, key=key) as (url, _):
+        def make_bench(**extra):
+            env = {**os.environ, "RESULTS_DIR": str(results), "PYTHONPATH": str(REPO), **extra}
+            if not extra:
+                env.pop("VLLM_API_KEY", None)
+            return subprocess.run([sys.executable, "-m", "experiments.bench.stage", "--run", "r1", "--endpoint",
+                                   f"{url}/v1", *overrides], cwd=REPO, env=env, capture_output=True, text=True)
+        without = make_bench()
+        keyed = make_bench(VLLM_API_KEY=key)
+    assert without.returncode == 2 and "Traceback" not in without.stderr
+    assert without.stderr.strip().splitlines()[-1].startswith("[bench] error: ENDPOINT=") and "HTTP 401" in without.stderr
+    assert keyed.returncode == 0, keyed.stderr[-3000:]
+    summary = json.loads((run / "bench" / "external" / "latest" / "summary_c2.json").read_text())
+    assert summary["requests"]["failed"] == 0 and summary["settings"]["warmup_failed"] == 0
+    assert _files_holding(results, key) == [] and key not in keyed.stdout + keyed.stderr
+
+
 # --- pure parts -----------------------------------------------------------------------------
 
 def _hand_built() -> list[RequestRecord]:

@@ -351,6 +351,33 @@ def test_make_eval_against_a_dying_server_fails_the_stage_and_a_rerun_completes_
     assert mlflow_status() == ["FAILED", "FINISHED"]
 
 
+def test_make_eval_against_a_keyed_endpoint_sends_the_key_and_never_writes_it(tmp_path):
+    key = "sk-h12-eval-" + "5" * 16
+    results, run = tmp_path / "results", tmp_path / "results" / "r1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"run_id": "r1", "stages": {"train": "done"}}))
+    overrides = ["profile=cpu", "bfcl=quick", "bfcl.categories=[simple_python,live_relevance]", "bfcl.name=custom"]
+    server = OracleServer(tmp_path, "--api-key", key).wait()
+    try:
+        def make_eval(**extra):
+            env = {**os.environ, "RESULTS_DIR": str(results), "PYTHONPATH": str(REPO_ROOT), **extra}
+            if not extra:
+                env.pop("VLLM_API_KEY", None)
+            return subprocess.run([sys.executable, "-m", "experiments.bfcl.stage", "--run", "r1", "--endpoint",
+                                   f"{server.url}/v1", *overrides], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        without = make_eval()
+        keyed = make_eval(VLLM_API_KEY=key)
+    finally:
+        server.stop()
+    assert without.returncode == 2 and "Traceback" not in without.stderr
+    assert "HTTP 401" in without.stderr.strip().splitlines()[-1]
+    assert keyed.returncode == 0, keyed.stderr[-3000:]
+    summary = json.loads((run / "bfcl" / "external" / "summary.json").read_text())
+    assert summary["complete"] and all(v["accuracy"] == 100.0 for v in summary["per_category"].values())
+    leaked = [str(p) for p in results.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert leaked == [] and key not in keyed.stdout + keyed.stderr
+
+
 # ---------------------------------------------------------------- pure parts
 
 def test_category_sets_cover_everything_bfcl_knows(tmp_path):

@@ -22,6 +22,7 @@ import aiohttp
 from tqdm.auto import tqdm
 
 from experiments.bench.records import ErrorKind, RequestRecord
+from experiments.core.procs import bearer
 
 # Any of these non-empty in a delta means the model produced output (the role chunk has none).
 TOKEN_FIELDS = ("content", "tool_calls", "reasoning_content", "reasoning")
@@ -113,8 +114,7 @@ def chat_url(endpoint: str) -> str:
 
 
 def auth_headers(api_key: str | None = None, api_key_env: str | None = None) -> dict:
-    key = api_key or (os.environ.get(api_key_env) if api_key_env else None)
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    return bearer(api_key or (os.environ.get(api_key_env) if api_key_env else None))
 
 
 def encode_body(body: dict, model: str) -> bytes:

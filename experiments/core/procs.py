@@ -21,6 +21,11 @@ def port_free(host: str, port: int) -> bool:
             return False
 
 
+def bearer(api_key: str | None) -> dict:
+    """The Authorization header of an OpenAI-compatible server's key (none without a key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def healthy(root_url: str, timeout_s: float = 2.0, headers: dict | None = None) -> bool:
     """GET <root_url>/health answers 200 (headers: e.g. the Authorization a server wants)."""
     try:
