@@ -48,12 +48,13 @@ STAGE_OPTS := $(call opt,RUN,--run=) $(call opt,MODEL,--model=) $(call opt,ENDPO
 LAUNCH_OPTS := $(call opt,LAUNCHER,launcher=) $(call opt,GPUS,launcher.gpus=) $(call opt,NNODES,launcher.nnodes=) \
 	$(call opt,NODE_RANK,launcher.node_rank=) $(call opt,MASTER_ADDR,launcher.master_addr=)
 
-.PHONY: help env env-train env-serve env-eval train merge serve stop eval bench report compare all test ui clean-envs
+.PHONY: help system-deps env env-train env-serve env-eval train merge serve stop eval bench report compare all test ui clean-envs
 
 help: ## Show this help
 	@echo "Usage: make <target> [METHOD=qlora|dora|qlora_opt] [RUN=<run_id>] [MODEL=merged|adapter|base] [PROFILE=$(PROFILE)]"
 	@echo "       any Hydra override goes in ARGS=\"axolotl.lora_r=32 data=toolace\""
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@c=; r=; if [ -t 1 ]; then c=$$'\033[36m'; r=$$'\033[0m'; fi; \
+	grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -v c="$$c" -v r="$$r" 'BEGIN {FS = ":.*?## "}; {printf "  %s%-16s%s %s\n", c, $$1, r, $$2}'
 
 env: env-train env-serve env-eval ## Create all three environments (train, serve, eval)
 
@@ -93,7 +94,10 @@ all: env ## The whole chain: train -> merge -> serve -> eval -> bench -> report 
 compare: env-eval env-train ## Train several methods under one comparison id and report them: make compare [METHODS=qlora,dora] [COMPARISON=id]
 	@$(PY) experiments.report.compare $(call opt,METHODS,--methods=) $(call opt,COMPARISON,--comparison=) $(HYDRA) $(LAUNCH_OPTS)
 
-test: env ## Run the test suite (the command CI runs)
+system-deps: ## Install the system packages the tests need (PostgreSQL, Chromium; apt-get as root or sudo)
+	@bash scripts/system_deps.sh
+
+test: env system-deps ## Run the test suite (the command CI runs)
 	@$(EVAL_PY) -m pytest tests --basetemp=$(CURDIR)/.pytest-tmp $(PYTEST_ARGS)
 
 ui: env-eval ## Open the MLflow UI on 127.0.0.1:5000 for the local store

@@ -469,3 +469,16 @@ def test_synthetic_prompts_have_exact_token_counts_with_a_tokenizer(tmp_path):
     assert bodies == build_requests(cfg, 6)
     for body in bodies:
         assert len(fast.encode(body["messages"][0]["content"], add_special_tokens=False)) == 50
+
+
+def test_stream_delivery_tells_server_merging_from_read_coalescing(stub):
+    """tokens per chunk (server side) and chunks per read (our reads) are counted, not timed."""
+    one = RequestRecord("a", start=0.0, first_token=0.1, token_times=[0.1, 0.1, 0.1, 0.2], end=0.3,
+                        completion_tokens=8, status=200, success=True)   # 4 chunks in 2 reads, 8 tokens
+    d = metrics.stream_delivery([one])
+    assert d == {"tokens_per_chunk": 2.0, "chunks_per_read": 2.0, "tokens_per_read": 4.0,
+                 "zero_gaps_fraction": pytest.approx(2 / 3)}
+    live = run_level(stub, "stub", [_body()], LoadSpec(concurrency=2, num_requests=6), progress=False).records
+    s = metrics.summarize(live)
+    assert s["stream"]["tokens_per_chunk"] == 1.0          # the stub sends one token per chunk
+    assert s["stream"]["chunks_per_read"] >= 1.0

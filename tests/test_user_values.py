@@ -52,3 +52,62 @@ def test_args_split_like_a_shell_word_list():
     assert user_args("a=1  b='x y' c=\"$(z)\"") == ["a=1", "b=x y", "c=$(z)"]
     with pytest.raises(SystemExit, match="ARGS="):
         user_args("a='unbalanced")
+
+
+# --- bad input fails fast: one line naming the key, file or line; nothing left behind --------------
+
+def _fails_fast(target: str, *args: str, results: Path) -> tuple[str, float]:
+    started = time.monotonic()
+    proc = make(target, *args, env={"RESULTS_DIR": str(results)}, check=False, timeout=600)
+    elapsed = time.monotonic() - started
+    ours = [line for line in proc.stderr.strip().splitlines() if not line.startswith("make: ***")]
+    assert proc.returncode == 2 and len(ours) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    print(f"{target} {' '.join(args)}: {elapsed:.1f} s: {ours[0][:200]}")
+    return ours[0], elapsed
+
+
+def _no_run_left(results: Path) -> bool:
+    return not any(results.glob("*/run.json")) and not (results / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "malformed", "empty", "wrong_schema"])
+def test_bad_data_files_fail_before_any_run_exists(case, tmp_path):
+    results, data = tmp_path / "results", tmp_path / "data.jsonl"
+    good = (REPO / "data" / "toolace_sample.jsonl").read_text().splitlines()[:2]
+    content = {"malformed": "\n".join(good + ['{"system": "x", "conversations": [']) + "\n",
+               "empty": "", "wrong_schema": '{"foo": 1}\n{"bar": 2}\n'}
+    if case != "missing":
+        data.write_text(content[case])
+    line, _ = _fails_fast("train", "METHOD=dora", f"ARGS=data.path={data}", results=results)
+    assert str(data) in line
+    if case == "malformed":
+        assert f"{data}:3:" in line
+    if case in ("empty", "wrong_schema"):
+        reports = list((results / "data_reports").glob("*.json"))
+        assert len(reports) == 1 and str(reports[0]) in line
+        assert ("is empty" if case == "empty" else "none converted") in line
+        assert json.loads(reports[0].read_text())["rows_in"] == (0 if case == "empty" else 2)
+    assert _no_run_left(results)
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    results = tmp_path / "results"
+    (results / "r1").mkdir(parents=True)
+    (results / "r1" / "run.json").write_text(json.dumps({"run_id": "r1", "stages": {"train": "done"}}))
+    return results
+
+
+@pytest.mark.parametrize("value, key", [("CONC=0", "bench.concurrency"), ("CONC=abc", "bench.concurrency"),
+                                        ("RATE=-1", "bench.rate")])
+def test_bad_load_levels_fail_before_any_server(value, key, fake_run):
+    line, elapsed = _fails_fast("bench", "RUN=r1", value, results=fake_run)
+    assert value in line and key in line
+    assert not (fake_run / "r1" / "serve").exists() and not (fake_run / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("target", ["eval", "bench"])
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:1/v1", "127.0.0.1:8000/v1"])
+def test_a_bad_endpoint_is_one_line(target, endpoint, fake_run):
+    line, _ = _fails_fast(target, "RUN=r1", f"ENDPOINT={endpoint}", results=fake_run)
+    assert f"ENDPOINT={endpoint}" in line and not (fake_run / "mlflow.db").exists()

@@ -42,7 +42,8 @@ SWEEP_COLUMNS = {  # flattened summary key -> sweep table header
     "requests_error_rate": "error_rate", "throughput_requests_per_s": "req/s",
     "throughput_output_tokens_per_s": "out tok/s", "ttft_ms_median": "TTFT p50 ms",
     "ttft_ms_p99": "TTFT p99 ms", "tpot_ms_mean": "TPOT mean ms", "tpot_ms_p99": "TPOT p99 ms",
-    "itl_ms_median": "ITL p50 ms", "itl_ms_p99": "ITL p99 ms", "e2e_ms_median": "E2E p50 ms",
+    "itl_ms_median": "ITL p50 ms", "itl_ms_p99": "ITL p99 ms", "stream_tokens_per_read": "tok/read",
+    "stream_zero_gaps_fraction": "ITL=0 share", "e2e_ms_median": "E2E p50 ms",
     "e2e_ms_p99": "E2E p99 ms", "goodput_fraction": "goodput", "littles_law_mean_concurrency": "L",
     "littles_law_ok": "Little ok",
 }

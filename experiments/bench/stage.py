@@ -7,6 +7,7 @@ Starts the run's vLLM server if none is up (and stops it afterwards).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -32,11 +33,24 @@ def latest_dir(run_dir: Path, kind: str) -> Path:
 
 
 def levels(cfg: DictConfig) -> tuple[str, list[int], list[float] | None]:
+    """(mode, concurrencies, rates) from bench.concurrency / bench.rate (CONC= / RATE=); a value
+    that is not a positive number is a ConfigError naming the key and the value."""
     if cfg.bench.rate not in (None, "", "null"):
         rates = cfg.bench.rate if OmegaConf.is_list(cfg.bench.rate) else [cfg.bench.rate]
-        return "open", [], [float(r) for r in rates]
+        return "open", [], [_positive(r, float, "RATE", "bench.rate") for r in rates]
     conc = cfg.bench.concurrency
-    return "closed", [int(c) for c in (conc if OmegaConf.is_list(conc) else [conc])], None
+    return "closed", [_positive(c, int, "CONC", "bench.concurrency") for c in (conc if OmegaConf.is_list(conc) else [conc])], None
+
+
+def _positive(value, kind, var: str, key: str):
+    try:
+        number = kind(value)
+        if number > 0 and (kind is float or str(value).strip().lstrip("+").isdigit() or isinstance(value, int)):
+            return number
+    except (TypeError, ValueError):
+        pass
+    what = "a positive integer (requests in flight)" if kind is int else "a positive number (requests/s)"
+    raise ConfigError(f"{var}={value} ({key}): expected {what}, e.g. {var}={'1,4,16' if kind is int else '2.5'}")
 
 
 def is_complete(cfg: DictConfig, run_dir: Path, kind: str) -> bool:
@@ -58,6 +72,9 @@ def bench(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoint 
     info = runs.read_json(run_dir / runs.RUN_JSON)
     parent = out_dir(run_dir, kind if not endpoint_url else "external")
     stage = f"bench_{parent.name}"
+    levels(cfg)  # bad CONC/RATE fail here, before any MLflow run or server
+    if endpoint_url and endpoint is None:
+        serving.first_model(endpoint_url, os.environ.get(str(cfg.serve.api_key_env)) or None)  # reachable?
     tracker = Tracker(cfg.tracking, run_name=f"bench/{info['run_id']}/{kind}", tags={
         "stage": "bench", "training_run": info["run_id"], "model_kind": kind, "workload": cfg.workload.name,
         "method": info.get("method"), "model": info.get("model"), "profile": cfg.profile.name,

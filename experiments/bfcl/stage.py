@@ -8,6 +8,7 @@ afterwards); ENDPOINT= scores any OpenAI-compatible server instead.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from pathlib import Path
@@ -73,6 +74,8 @@ def evaluate(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoi
     run_dir = Path(run_dir)
     info = runs.read_json(run_dir / runs.RUN_JSON)
     out = out_dir(run_dir, kind if not endpoint_url else "external")
+    if endpoint_url and endpoint is None:  # unreachable or refused: one line, before any MLflow run
+        serving.first_model(endpoint_url, os.environ.get(str(cfg.serve.api_key_env)) or None)
     tracker = Tracker(cfg.tracking, run_name=f"eval/{info['run_id']}/{kind}/{cfg.bfcl.name}", tags={
         "stage": "eval", "training_run": info["run_id"], "model_kind": kind, "bfcl_set": cfg.bfcl.name,
         "method": info.get("method"), "model": info.get("model"), "profile": cfg.profile.name,

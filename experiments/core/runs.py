@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from experiments.core.procs import process_alive
 
 RUN_JSON = "run.json"
 LATEST = "latest"
@@ -124,6 +127,9 @@ def resolve_run(results: Path, run: str | None) -> Path:
         path = Path(run) if Path(run).is_absolute() or os.sep in run else results / run
     if not (path / RUN_JSON).is_file():
         raise RunError(f"RUN={run}: {path} is not a run folder (no {RUN_JSON})")
+    for stage in reconcile(path):
+        print(f"[runs] {path.name}: stage {stage} was left running by a process that is gone; marked failed",
+              file=sys.stderr)
     return path
 
 
@@ -140,18 +146,59 @@ def update_run_json(run_dir: Path, **fields: Any) -> dict:
     return data
 
 
+def owner() -> dict:
+    """This process, as recorded beside a running stage: its PID and start time (a reused PID
+    belongs to a process that started later)."""
+    return {"pid": os.getpid(), "started": _start_ticks(os.getpid())}
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def owner_alive(record: dict | None) -> bool:
+    if not record or not record.get("pid"):
+        return False
+    return process_alive(record["pid"]) and _start_ticks(record["pid"]) == record.get("started")
+
+
 def record_stage(run_dir: Path, stage: str, status: str, counts: dict | None = None) -> dict:
-    """run.json: stages[stage] = status ("running", "done", "partial", "failed") and, unless done,
+    """run.json: stages[stage] = status ("running", "done", "partial", "failed"); a running stage
+    records its owner (reconcile marks it failed once that process is gone); unless done,
     stage_counts[stage] = what was missing or failed (cleared once the stage is done)."""
-    info = update_run_json(run_dir, stages={stage: status})
-    tallies = dict(info.get("stage_counts", {}))
-    if status == "done":
-        tallies.pop(stage, None)
-    elif counts is not None:
+    path = Path(run_dir) / RUN_JSON
+    info = read_json(path) if path.exists() else {}
+    info["stages"] = {**info.get("stages", {}), stage: status}
+    owners = {k: v for k, v in info.get("stage_owners", {}).items() if k != stage}
+    if status == "running":
+        owners[stage] = owner()
+    info["stage_owners"] = owners
+    tallies = {k: v for k, v in info.get("stage_counts", {}).items() if k != stage}
+    if status != "done" and counts is not None:
         tallies[stage] = counts
     info["stage_counts"] = tallies
-    write_json_atomic(Path(run_dir) / RUN_JSON, info)
+    write_json_atomic(path, info)
     return info
+
+
+def reconcile(run_dir: Path) -> list[str]:
+    """Mark every stage run.json calls running whose owner process is gone (a killed
+    orchestrator) as failed, saying so; returns those stages. Called whenever a run is resolved."""
+    path = Path(run_dir) / RUN_JSON
+    try:
+        info = read_json(path)
+    except RunError:
+        return []
+    dead = [stage for stage, status in info.get("stages", {}).items()
+            if status == "running" and not owner_alive(info.get("stage_owners", {}).get(stage))]
+    for stage in dead:
+        gone = info.get("stage_owners", {}).get(stage) or {}
+        record_stage(run_dir, stage, "failed", {"reason": f"its process (PID {gone.get('pid', '?')}) ended without "
+                                                          "finishing it (killed?)"})
+    return dead
 
 
 def list_runs(results: Path) -> list[dict]:
@@ -160,6 +207,7 @@ def list_runs(results: Path) -> list[dict]:
     for p in sorted(Path(results).glob(f"*/{RUN_JSON}")):
         if p.parent.is_symlink():
             continue
+        reconcile(p.parent)
         try:
             runs.append({**read_json(p), "path": str(p.parent)})
         except RunError:

@@ -202,11 +202,11 @@ def check_endpoint_url(url: str) -> str:
     """ENDPOINT=: an http(s) URL of an OpenAI-compatible server (…/v1); one-line error otherwise."""
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ServeError(f"ENDPOINT={url!r}: expected http(s)://host:port/v1")
+        raise ServeError(f"ENDPOINT={url}: expected http(s)://host:port/v1")
     try:
         parsed.port
     except ValueError:
-        raise ServeError(f"ENDPOINT={url!r}: the port is not a number") from None
+        raise ServeError(f"ENDPOINT={url}: the port is not a number") from None
     return url.rstrip("/")
 
 

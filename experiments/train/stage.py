@@ -68,15 +68,37 @@ def ensure_model(cfg: DictConfig) -> None:
                     "--out", str(cfg.model.path)], check=True, env=envs.subprocess_env())
 
 
-def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
-    """ToolACE rows -> data/train.jsonl in the model's native tool format + data_report.json."""
+def load_data(cfg: DictConfig) -> tuple[int, list[dict], list[dict]]:
+    """(rows read, converted rows, rejects) of cfg.data: cheap, before any folder exists. A
+    missing or malformed file is a DataFileError naming the file (and the line)."""
     rows = toolace.load_raw(path=cfg.data.path, hf_id=cfg.data.hf_id, split=cfg.data.split, max_rows=cfg.data.max_rows)
     converted, rejects = toolace.convert_rows(rows)
-    if not converted:
-        raise StageError(f"data={cfg.data.name}: none of {len(rows)} rows converted; see {data_dir / 'data_report.json'}")
+    return len(rows), converted, rejects
+
+
+def data_report(cfg: DictConfig, converted: list[dict], rejects: list[dict]) -> dict:
+    return {"source": cfg.data.path or cfg.data.hf_id, **toolace.summarize(converted, rejects),
+            "rejects": rejects[:200]}  # the first 200 with their reasons; counts cover all
+
+
+def refuse_empty(cfg: DictConfig, loaded: tuple[int, list[dict], list[dict]], report_path: Path) -> None:
+    """No usable row: write the data report (why each row was rejected) and stop, naming it."""
+    n_rows, converted, rejects = loaded
+    if converted:
+        return
+    runs.write_json_atomic(report_path, data_report(cfg, converted, rejects))
+    what = "is empty" if n_rows == 0 else f"has {n_rows} rows and none converted"
+    kinds = toolace.summarize(converted, rejects).get("rejected_by_kind") if rejects else None
+    raise StageError(f"data={cfg.data.name} ({cfg.data.path or cfg.data.hf_id}) {what}"
+                     + (f" (rejected: {kinds})" if kinds else "") + f"; why each row was rejected: {report_path}")
+
+
+def prepare_data(cfg: DictConfig, data_dir: Path, loaded: tuple | None = None) -> dict:
+    """ToolACE rows -> data/train.jsonl in the model's native tool format + data_report.json."""
+    n_rows, converted, rejects = loaded or load_data(cfg)
+    refuse_empty(cfg, (n_rows, converted, rejects), data_dir / "data_report.json")
     runs.write_text_atomic(data_dir / "train.jsonl", "".join(json.dumps(r) + "\n" for r in converted))
-    report = {"source": cfg.data.path or cfg.data.hf_id, **toolace.summarize(converted, rejects),
-              "rejects": rejects[:200]}  # the first 200 with their reasons; counts cover all
+    report = data_report(cfg, converted, rejects)
     runs.write_json_atomic(data_dir / "data_report.json", report)
     print(f"[train] data: {report['rows_out']}/{report['rows_in']} rows converted, {report['rejected']} rejected"
           + (f" {report['rejected_by_kind']}" if rejects else ""))
@@ -123,15 +145,17 @@ def _env_vars(node: DictConfig) -> dict:
 
 
 def run_axolotl(cmd: list[str], env: dict, log_path: Path) -> tuple[int, float, int]:
-    """Run the launch command, teeing its output to the run's train.log."""
+    """Run the launch command, teeing its output to the run's train.log line by line (the child
+    unbuffered too), so a killed orchestrator leaves the log as far as training got."""
     start = time.time()
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    with open(log_path, "ab", buffering=0) as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**env, "PYTHONUNBUFFERED": "1"})
         with PeakRSS(proc.pid) as mem:
             for line in proc.stdout:
+                log.write(line)
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
-                log.write(line)
             rc = proc.wait()
     return rc, time.time() - start, mem.peak_bytes
 
@@ -148,6 +172,8 @@ def train(overrides: Sequence[str]) -> Path:
     # a tracking server that is down is known in milliseconds, Axolotl's schema takes ~10 s).
     check_reachable(cfg.tracking.uri)
     planned = results / (cfg.run.id or runs.new_run_id(cfg.method.name, cfg.model.name))
+    loaded = load_data(cfg)  # a missing or malformed file fails here, naming the file and line
+    refuse_empty(cfg, loaded, results / "data_reports" / f"{planned.name}.json")
     validate_axolotl(build_axolotl_config(cfg, run_dir=planned, dataset_path=planned / "data" / "train.jsonl",
                                           mlflow_run_name=planned.name), cfg)
 
@@ -166,16 +192,70 @@ def train(overrides: Sequence[str]) -> Path:
         "data": cfg.data.name, "profile": cfg.profile.name, "launcher": cfg.launcher.name,
         "comparison": cfg.run.comparison, "overrides": list(overrides), "launch": launch_info(cfg, ax),
         "mlflow": {"tracking_uri": cfg.tracking.uri, "experiment": cfg.tracking.experiment, "train_run_id": tracker.run_id},
-        "stages": {"train": "running"},
+        "stages": {"train": "running"}, "stage_owners": {"train": runs.owner()},
     })
     print(f"[train] run folder: {run_dir}", flush=True)
+    return _run_training(cfg, run_dir, ax, tracker, cmd, resumed_from=None, loaded=loaded)
 
+
+def last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
+    """The newest complete Trainer checkpoint (checkpoint-<step>/ with trainer_state.json)."""
+    found = [(int(p.name.split("-")[1]), p) for p in Path(output_dir).glob("checkpoint-*")
+             if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file()]
+    return (max(found)[1], max(found)[0]) if found else None
+
+
+def resume(run: str, overrides: Sequence[str] = ()) -> Path:
+    """`make train RESUME=<run_id>`: continue an interrupted training in its own folder, from its
+    last checkpoint (Axolotl's resume_from_checkpoint), with its own config, appending to its
+    train.log, train_log.jsonl and MLflow run."""
+    base = compose(overrides)
+    run_dir = runs.resolve_run(Path(base.paths.results), run)  # marks a killed training failed
+    info = runs.read_json(run_dir / runs.RUN_JSON)
+    state = info.get("stages", {}).get("train")
+    if state == "done":
+        raise runs.RunError(f"RESUME={info['run_id']}: its training is done; nothing to resume")
+    if state == "running":
+        raise runs.RunError(f"RESUME={info['run_id']}: PID {info['stage_owners']['train']['pid']} is training it now")
+    cfg = compose(info.get("overrides", []))
+    print(banner(cfg), flush=True)
+    ax = yaml.safe_load((run_dir / "axolotl.yaml").read_text())
+    found = last_checkpoint(run_dir / "adapter")
+    ax.pop("resume_from_checkpoint", None)
+    if found:
+        ax["resume_from_checkpoint"] = str(found[0])
+        _truncate_train_log(run_dir / "adapter" / "train_log.jsonl", found[1])
+    runs.write_text_atomic(run_dir / "axolotl.yaml", yaml.safe_dump(ax, sort_keys=False))
+    tracker = Tracker(cfg.tracking, run_name=f"train/{info['run_id']}", tags={},
+                      resume_run_id=info.get("mlflow", {}).get("train_run_id"))
+    runs.record_stage(run_dir, "train", "running")
+    cmd = launch_command(cfg.launcher, Path(cfg.paths.venv) / "train", run_dir / "axolotl.yaml")
+    msg = f"from {found[0].name} (step {found[1]})" if found else "from step 0 (no checkpoint was saved)"
+    with open(run_dir / "train.log", "ab") as log:
+        log.write(f"\n[train] resuming {msg}\n".encode())
+    print(f"[train] resuming {run_dir.name} {msg}", flush=True)
+    return _run_training(cfg, run_dir, ax, tracker, cmd, resumed_from=found[1] if found else 0)
+
+
+def _truncate_train_log(path: Path, step: int) -> None:
+    """Keep the log lines up to the checkpoint's step: the resumed training logs the rest again."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        runs.write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+
+
+def _run_training(cfg: DictConfig, run_dir: Path, ax: dict, tracker: Tracker, cmd: list[str],
+                  resumed_from: int | None, loaded: tuple | None = None) -> Path:
+    results = Path(cfg.paths.results)
     status = "FAILED"
     try:
         ensure_model(cfg)
-        data_report = prepare_data(cfg, run_dir / "data")
-        tracker.log_params(train_params(cfg, ax, data_report))
-        tracker.log_artifacts([run_dir / "axolotl.yaml", run_dir / "config.yaml", run_dir / "data" / "data_report.json"])
+        report = prepare_data(cfg, run_dir / "data", loaded)
+        if resumed_from is None:
+            tracker.log_params(train_params(cfg, ax, report))
+            tracker.log_artifacts([run_dir / "axolotl.yaml", run_dir / "config.yaml", run_dir / "data" / "data_report.json"])
+        else:
+            tracker.set_tags({"resumed_from_step": resumed_from})
 
         env = envs.subprocess_env({
             "MLFLOW_TRACKING_URI": cfg.tracking.uri, "MLFLOW_RUN_ID": tracker.run_id,
@@ -188,6 +268,8 @@ def train(overrides: Sequence[str]) -> Path:
         metrics = summarize_training(read_train_log(run_dir / "adapter" / "train_log.jsonl"), wall_time_s=wall,
                                      peak_rss_bytes=peak, trainable_params=safetensors_numel(adapter) if adapter.exists() else None)
         metrics["exit_code"] = rc
+        if resumed_from is not None:
+            metrics["resumed_from_step"] = resumed_from
         runs.write_json_atomic(run_dir / "train_metrics.json", metrics)
         if rc != 0 or not adapter.exists():
             raise StageError(f"axolotl train exited {rc}" + ("" if adapter.exists() else f", no adapter at {adapter}")
@@ -195,7 +277,7 @@ def train(overrides: Sequence[str]) -> Path:
         check_distributed(cfg, run_dir / "adapter", run_dir / "train_metrics.json")
         status = "FINISHED"
     finally:
-        runs.update_run_json(run_dir, stages={"train": "done" if status == "FINISHED" else "failed"})
+        runs.record_stage(run_dir, "train", "done" if status == "FINISHED" else "failed")
         if status == "FINISHED":
             runs.point_latest(results, run_dir)
         try:
@@ -275,9 +357,14 @@ def train_worker_node(cfg: DictConfig, overrides: Sequence[str]) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        train(list(sys.argv[1:] if argv is None else argv))
-    except (ConfigError, CombinationError, TrackingError, runs.RunError, StageError, FileNotFoundError) as exc:
+        if args and args[0].startswith("--resume="):
+            resume(args[0].split("=", 1)[1], args[1:])
+        else:
+            train(args)
+    except (ConfigError, CombinationError, TrackingError, runs.RunError, StageError, FileNotFoundError,
+            toolace.DataFileError) as exc:
         print(f"[train] error: {exc}", file=sys.stderr)
         return 2
     return 0
