@@ -111,3 +111,8 @@ def test_bad_load_levels_fail_before_any_server(value, key, fake_run):
 def test_a_bad_endpoint_is_one_line(target, endpoint, fake_run):
     line, _ = _fails_fast(target, "RUN=r1", f"ENDPOINT={endpoint}", results=fake_run)
     assert f"ENDPOINT={endpoint}" in line and not (fake_run / "mlflow.db").exists()
+
+
+def test_make_help_writes_no_colour_codes_into_a_pipe():
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "train" in proc.stdout and "\033" not in proc.stdout
