@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import fake_run, free_port, mlflow_statuses, stage_cli
 from experiments.core.procs import healthy
 
 from experiments.bench import metrics
@@ -251,26 +250,19 @@ def test_killed_client_keeps_the_records_it_measured(stub, tmp_path):
 
 
 def test_make_bench_against_a_dying_server_fails_the_stage_and_a_rerun_gets_its_own_folder(tmp_path):
-    from mlflow.tracking import MlflowClient
-
     from experiments.bench import stage as benchmark
     from experiments.core.config import compose
 
-    results, run = tmp_path / "results", tmp_path / "results" / "r1"
-    run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"run_id": "r1", "stages": {"train": "done"}}))
-    env = {**os.environ, "RESULTS_DIR": str(results), "PYTHONPATH": str(REPO)}
+    results = tmp_path / "results"
+    run = fake_run(results)
     overrides = ["profile=cpu", "workload=synthetic", "workload.input_tokens=16", "workload.max_tokens=5",
                  "bench.concurrency=[2,3]", "bench.num_requests=10", "bench.warmup_requests=0"]
 
     def make_bench(url):
-        return subprocess.run([sys.executable, "-m", "experiments.bench.stage", "--run", "r1", "--endpoint",
-                               f"{url}/v1", *overrides], cwd=REPO, env=env, capture_output=True, text=True)
+        return stage_cli("experiments.bench.stage", run, f"{url}/v1", overrides)
 
     def statuses():
-        client = MlflowClient(tracking_uri=f"sqlite:///{results}/mlflow.db")
-        exp = client.get_experiment_by_name("tool-calling-ft")
-        return [r.info.status for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])]
+        return mlflow_statuses(results)
 
     with stub_server("--die-after", "12") as (url, _):
         first = make_bench(url)
@@ -302,20 +294,13 @@ def _files_holding(root: Path, secret: str) -> list[str]:
 
 def test_make_bench_against_a_keyed_endpoint_sends_the_key_and_never_writes_it(tmp_path):
     key = "sk-h12-bench-" + "7" * 16
-    results, run = tmp_path / "results", tmp_path / "results" / "r1"
-    run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"run_id": "r1", "stages": {"train": "done"}}))
+    results = tmp_path / "results"
+    run = fake_run(results)
     overrides = ["profile=cpu", "workload=synthetic", "workload.input_tokens=16", "workload.max_tokens=5",
                  "bench.concurrency=[2]", "bench.num_requests=6", "bench.warmup_requests=1"]
     with stub_server("--api-key", key, key=key) as (url, _):
-        def make_bench(**extra):
-            env = {**os.environ, "RESULTS_DIR": str(results), "PYTHONPATH": str(REPO), **extra}
-            if not extra:
-                env.pop("VLLM_API_KEY", None)
-            return subprocess.run([sys.executable, "-m", "experiments.bench.stage", "--run", "r1", "--endpoint",
-                                   f"{url}/v1", *overrides], cwd=REPO, env=env, capture_output=True, text=True)
-        without = make_bench()
-        keyed = make_bench(VLLM_API_KEY=key)
+        without = stage_cli("experiments.bench.stage", run, f"{url}/v1", overrides)
+        keyed = stage_cli("experiments.bench.stage", run, f"{url}/v1", overrides, VLLM_API_KEY=key)
     assert without.returncode == 2 and "Traceback" not in without.stderr
     assert without.stderr.strip().splitlines()[-1].startswith("[bench] error: ENDPOINT=") and "HTTP 401" in without.stderr
     assert keyed.returncode == 0, keyed.stderr[-3000:]

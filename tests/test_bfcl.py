@@ -22,6 +22,7 @@ import pytest
 
 pytest.importorskip("bfcl_eval", reason="needs the eval environment (bfcl-eval)")
 
+from conftest import fake_run, mlflow_statuses, stage_cli  # noqa: E402
 from experiments.bfcl import run_bfcl, spec, tables  # noqa: E402
 from experiments.core.paths import REPO_ROOT  # noqa: E402
 
@@ -308,23 +309,16 @@ def test_server_killed_mid_eval_is_incomplete_then_a_rerun_retries_items_and_pre
 
 
 def test_make_eval_against_a_dying_server_fails_the_stage_and_a_rerun_completes_it(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    results, run = tmp_path / "results", tmp_path / "results" / "r1"
-    run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"run_id": "r1", "stages": {"train": "done"}}))
-    env = {**os.environ, "RESULTS_DIR": str(results), "PYTHONPATH": str(REPO_ROOT)}
+    results = tmp_path / "results"
+    run = fake_run(results)
     overrides = ["profile=cpu", "bfcl=quick", f"bfcl.categories=[{','.join(DYING_SET)}]", "bfcl.name=custom",
                  "bfcl.num_threads=4"]
 
     def make_eval(server):
-        return subprocess.run([sys.executable, "-m", "experiments.bfcl.stage", "--run", "r1", "--endpoint",
-                               f"{server.url}/v1", *overrides], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        return stage_cli("experiments.bfcl.stage", run, f"{server.url}/v1", overrides)
 
     def mlflow_status():
-        client = MlflowClient(tracking_uri=f"sqlite:///{results}/mlflow.db")
-        exp = client.get_experiment_by_name("tool-calling-ft")
-        return [r.info.status for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])]
+        return mlflow_statuses(results)
 
     dying = OracleServer(tmp_path, "--die-after", "3").wait()
     try:
@@ -353,20 +347,13 @@ def test_make_eval_against_a_dying_server_fails_the_stage_and_a_rerun_completes_
 
 def test_make_eval_against_a_keyed_endpoint_sends_the_key_and_never_writes_it(tmp_path):
     key = "sk-h12-eval-" + "5" * 16
-    results, run = tmp_path / "results", tmp_path / "results" / "r1"
-    run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"run_id": "r1", "stages": {"train": "done"}}))
+    results = tmp_path / "results"
+    run = fake_run(results)
     overrides = ["profile=cpu", "bfcl=quick", "bfcl.categories=[simple_python,live_relevance]", "bfcl.name=custom"]
     server = OracleServer(tmp_path, "--api-key", key).wait()
     try:
-        def make_eval(**extra):
-            env = {**os.environ, "RESULTS_DIR": str(results), "PYTHONPATH": str(REPO_ROOT), **extra}
-            if not extra:
-                env.pop("VLLM_API_KEY", None)
-            return subprocess.run([sys.executable, "-m", "experiments.bfcl.stage", "--run", "r1", "--endpoint",
-                                   f"{server.url}/v1", *overrides], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-        without = make_eval()
-        keyed = make_eval(VLLM_API_KEY=key)
+        without = stage_cli("experiments.bfcl.stage", run, f"{server.url}/v1", overrides)
+        keyed = stage_cli("experiments.bfcl.stage", run, f"{server.url}/v1", overrides, VLLM_API_KEY=key)
     finally:
         server.stop()
     assert without.returncode == 2 and "Traceback" not in without.stderr

@@ -3,14 +3,13 @@ bad ones fail in seconds with one line naming the value, before anything is crea
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make
+from conftest import REPO, fake_run, make
 
 PAYLOADS = {
     "semicolon": "run.id=x;touch {f}",
@@ -91,26 +90,24 @@ def test_bad_data_files_fail_before_any_run_exists(case, tmp_path):
 
 
 @pytest.fixture
-def fake_run(tmp_path):
-    results = tmp_path / "results"
-    (results / "r1").mkdir(parents=True)
-    (results / "r1" / "run.json").write_text(json.dumps({"run_id": "r1", "stages": {"train": "done"}}))
-    return results
+def results_with_run(tmp_path):
+    fake_run(tmp_path / "results")
+    return tmp_path / "results"
 
 
 @pytest.mark.parametrize("value, key", [("CONC=0", "bench.concurrency"), ("CONC=abc", "bench.concurrency"),
                                         ("RATE=-1", "bench.rate")])
-def test_bad_load_levels_fail_before_any_server(value, key, fake_run):
-    line, elapsed = _fails_fast("bench", "RUN=r1", value, results=fake_run)
+def test_bad_load_levels_fail_before_any_server(value, key, results_with_run):
+    line, elapsed = _fails_fast("bench", "RUN=r1", value, results=results_with_run)
     assert value in line and key in line
-    assert not (fake_run / "r1" / "serve").exists() and not (fake_run / "mlflow.db").exists()
+    assert not (results_with_run / "r1" / "serve").exists() and not (results_with_run / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize("target", ["eval", "bench"])
 @pytest.mark.parametrize("endpoint", ["http://127.0.0.1:1/v1", "127.0.0.1:8000/v1"])
-def test_a_bad_endpoint_is_one_line(target, endpoint, fake_run):
-    line, _ = _fails_fast(target, "RUN=r1", f"ENDPOINT={endpoint}", results=fake_run)
-    assert f"ENDPOINT={endpoint}" in line and not (fake_run / "mlflow.db").exists()
+def test_a_bad_endpoint_is_one_line(target, endpoint, results_with_run):
+    line, _ = _fails_fast(target, "RUN=r1", f"ENDPOINT={endpoint}", results=results_with_run)
+    assert f"ENDPOINT={endpoint}" in line and not (results_with_run / "mlflow.db").exists()
 
 
 def test_make_help_writes_no_colour_codes_into_a_pipe():

@@ -79,16 +79,7 @@ def bench(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoint 
         "stage": "bench", "training_run": info["run_id"], "model_kind": kind, "workload": cfg.workload.name,
         "method": info.get("method"), "model": info.get("model"), "profile": cfg.profile.name,
         "comparison": info.get("comparison")})
-    runs.record_stage(run_dir, stage, "running")
-    try:
-        summaries = _bench(cfg, run_dir, kind, info, parent, tracker, endpoint, endpoint_url)
-    except runs.StageIncomplete as exc:
-        runs.record_stage(run_dir, stage, exc.status, exc.counts)
-        raise
-    except BaseException:
-        runs.record_stage(run_dir, stage, "failed")
-        raise
-    runs.record_stage(run_dir, stage, "done")
+    summaries = runs.run_stage(run_dir, stage, lambda: _bench(cfg, run_dir, kind, info, parent, tracker, endpoint, endpoint_url))
     print(f"[bench] {latest_dir(run_dir, parent.name) / 'sweep.md'}")
     return summaries
 

@@ -81,16 +81,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoi
         "method": info.get("method"), "model": info.get("model"), "profile": cfg.profile.name,
         "comparison": info.get("comparison")})
     stage = f"eval_{out.name}"  # eval_external for ENDPOINT=
-    runs.record_stage(run_dir, stage, "running")
-    try:
-        summary = _evaluate(cfg, run_dir, kind, info, out, tracker, endpoint, endpoint_url)
-    except runs.StageIncomplete as exc:
-        runs.record_stage(run_dir, stage, exc.status, exc.counts)
-        raise
-    except BaseException:
-        runs.record_stage(run_dir, stage, "failed")
-        raise
-    runs.record_stage(run_dir, stage, "done")
+    summary = runs.run_stage(run_dir, stage, lambda: _evaluate(cfg, run_dir, kind, info, out, tracker, endpoint, endpoint_url))
     head = summary["headline"]
     print(f"[eval] {out / 'summary.json'}: " + ", ".join(f"{k}={v}" for k, v in head.items()))
     return summary

@@ -184,6 +184,22 @@ def record_stage(run_dir: Path, stage: str, status: str, counts: dict | None = N
     return info
 
 
+def run_stage(run_dir: Path, stage: str, fn):
+    """fn() with run.json's stages[stage]: running, then done, or partial/failed (with counts)
+    when it raises StageIncomplete, failed on any other exception."""
+    record_stage(run_dir, stage, "running")
+    try:
+        result = fn()
+    except StageIncomplete as exc:
+        record_stage(run_dir, stage, exc.status, exc.counts)
+        raise
+    except BaseException:
+        record_stage(run_dir, stage, "failed")
+        raise
+    record_stage(run_dir, stage, "done")
+    return result
+
+
 def reconcile(run_dir: Path) -> list[str]:
     """Mark every stage run.json calls running whose owner process is gone (a killed
     orchestrator) as failed, saying so; returns those stages. Called whenever a run is resolved."""
