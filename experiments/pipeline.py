@@ -29,17 +29,27 @@ def _done(run_dir: Path, stage: str) -> bool:
 
 
 def pick_run(cfg: DictConfig, run: str | None, fresh: bool) -> Path | None:
-    """The run to resume: RUN= if given; else the latest run if it has the same method, model
-    and profile (an interrupted `make all`); else None (train a new one)."""
+    """The run to resume: RUN= if given; else the newest run with the same method, model and
+    profile (an interrupted `make all`) when its training is done or was interrupted; else None
+    (train a new one). Whether its training still has to be resumed: `_done(run, "train")`."""
     results = Path(cfg.paths.results)
     if run:
         return runs.resolve_run(results, run)
-    if fresh or not (results / runs.LATEST).exists():
+    if fresh:
         return None
-    latest = runs.resolve_run(results, None)
-    info = runs.read_json(latest / runs.RUN_JSON)
-    same = (info.get("method"), info.get("model"), info.get("profile")) == (cfg.method.name, cfg.model.name, cfg.profile.name)
-    return latest if same and info.get("stages", {}).get("train") == "done" else None
+    same = [r for r in runs.list_runs(results)  # marks a killed training failed
+            if (r.get("method"), r.get("model"), r.get("profile")) == (cfg.method.name, cfg.model.name, cfg.profile.name)]
+    if not same:
+        return None
+    newest = Path(same[-1]["path"])
+    state = same[-1].get("stages", {}).get("train")
+    return newest if state == "done" or (state == "failed" and _resumable(newest)) else None
+
+
+def _resumable(run_dir: Path) -> bool:
+    from experiments.train.stage import last_checkpoint
+
+    return last_checkpoint(run_dir / "adapter") is not None
 
 
 def run_all(overrides: list[str], run: str | None = None, fresh: bool = False, kind: str = "merged") -> Path:
@@ -51,6 +61,7 @@ def run_all(overrides: list[str], run: str | None = None, fresh: bool = False, k
     from experiments.train import stage as train
 
     cfg = compose(overrides)
+    benchmark.levels(cfg)  # a bad CONC/RATE fails now, not after the training
     timings: dict[str, float] = {}
 
     def stage(name: str, fn, log_hint: str = ""):
@@ -69,6 +80,9 @@ def run_all(overrides: list[str], run: str | None = None, fresh: bool = False, k
     run_dir = pick_run(cfg, run, fresh)
     if run_dir is None:
         run_dir = stage("train", lambda: train.train(overrides), "results/<run>/train.log")
+    elif not _done(run_dir, "train"):
+        print(f"[all] resuming {run_dir}: its training is {runs.read_json(run_dir / runs.RUN_JSON)['stages'].get('train')}")
+        stage("train", lambda: train.resume(str(run_dir), overrides), str(run_dir / "train.log"))
     else:
         print(f"[all] resuming {run_dir} (train done)")
     # 2. Merge the adapter into the base model (skipped once merged/ exists).
@@ -117,7 +131,8 @@ def main(argv=None) -> int:
     try:
         run_all(args.overrides, run=args.run, fresh=args.fresh, kind=args.model)
     except PipelineError as exc:
-        traceback.print_exception(exc.__cause__, file=sys.stderr, limit=-3)
+        if not isinstance(exc.__cause__, (runs.StageIncomplete, ConfigError, runs.RunError)):
+            traceback.print_exception(exc.__cause__, file=sys.stderr, limit=-3)
         print(f"[all] {exc}", file=sys.stderr)
         return 1
     except (ConfigError, runs.RunError) as exc:

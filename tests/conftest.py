@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,30 @@ def whitespace_bias(model_dir: Path) -> dict[str, int]:
     max_tokens; without it the call is complete after a few tokens."""
     vocab = json.loads((model_dir / "tokenizer.json").read_text())["model"]["vocab"]
     return {str(i): -100 for tok, i in vocab.items() if tok and set(tok) <= set(" \n\t\rĠĊĉč")}
+
+
+def fake_run(results: Path, run_id: str = "r1") -> Path:
+    """A run folder whose training is done (for stages pointed at ENDPOINT=, which need no model)."""
+    run = Path(results) / run_id
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"run_id": run_id, "stages": {"train": "done"}}))
+    return run
+
+
+def stage_cli(module: str, run: Path, endpoint: str, overrides: list[str], **env: str) -> subprocess.CompletedProcess:
+    """`python -m <stage module> --run <run> --endpoint <endpoint> <overrides>` with RESULTS_DIR
+    = the run's parent; VLLM_API_KEY only when given in env."""
+    full = {**os.environ, "RESULTS_DIR": str(run.parent), "PYTHONPATH": str(REPO), **env}
+    if "VLLM_API_KEY" not in env:
+        full.pop("VLLM_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", module, "--run", run.name, "--endpoint", endpoint, *overrides],
+                          cwd=REPO, env=full, capture_output=True, text=True)
+
+
+def mlflow_statuses(results: Path) -> list[str]:
+    """Statuses of the default experiment's runs in RESULTS_DIR's SQLite store, oldest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results}/mlflow.db")
+    exp = client.get_experiment_by_name("tool-calling-ft")
+    return [r.info.status for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])]

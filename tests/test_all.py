@@ -25,7 +25,7 @@ def test_every_stage_wrote_its_outputs(chain):
     assert (run / "merged" / "config.json").exists()
     assert read_json(run / "bfcl" / "merged" / "summary.json")["n_missing"] == 0
     for level in ("c1", "c4"):
-        assert read_json(run / "bench" / "merged" / f"summary_{level}.json")["requests"]["total"] == 12
+        assert read_json(run / "bench" / "merged" / "latest" / f"summary_{level}.json")["requests"]["total"] == 12
     assert (run / "report.md").stat().st_size > 0
     timings = info["pipeline"]["last_timings_s"]
     assert set(timings) >= {"train", "merge", "serve", "eval", "bench", "report"}
@@ -43,7 +43,7 @@ def test_report_numbers_equal_the_files(chain):
     for column in ("Non-Live AST Acc", "Live Acc", "Irrelevance Detection", "Multi Turn Acc"):
         assert f"{bfcl['leaderboard'][column]:.2f}" in report, column
     for level in ("c1", "c4"):
-        tput = read_json(run / "bench" / "merged" / f"summary_{level}.json")["throughput"]
+        tput = read_json(run / "bench" / "merged" / "latest" / f"summary_{level}.json")["throughput"]
         assert f"{tput['requests_per_s']:.2f}" in report and f"{tput['output_tokens_per_s']:.1f}" in report
     for section in ("## 1. Training", "## 2. BFCL", "## 3. Serving", "## 4. Cost", "## 5. Environment"):
         assert section in report

@@ -5,8 +5,10 @@ reported numbers must recover. Nothing here times our own speed (see scripts/ben
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import fake_run, free_port, mlflow_statuses, stage_cli
 from experiments.core.procs import healthy
 
 from experiments.bench import metrics
@@ -29,25 +31,34 @@ E2E_MS = TTFT_MS + (N_TOKENS - 1) * ITL_MS           # 140 ms
 SLACK_MS = 15.0                                       # scheduling jitter on a busy 2-core box
 
 
-@pytest.fixture(scope="module")
-def stub():
+@contextlib.contextmanager
+def stub_server(*flags: str, key: str | None = None):
+    """A stub server subprocess on a free port: yields (url, process)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "experiments.bench.stub_server", "--port", str(port),
-         "--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS), "--n-tokens", str(N_TOKENS)],
+         "--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS), "--n-tokens", str(N_TOKENS), *flags],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {key}"} if key else None
     try:
-        for _ in range(100):
-            if healthy(url, timeout_s=1):
+        for _ in range(300):
+            if healthy(url, timeout_s=1, headers=headers):
                 break
             if proc.poll() is not None:
                 pytest.fail(f"stub server exited: {proc.stderr.read().decode()[-2000:]}")
             time.sleep(0.1)
-        yield url
+        yield url, proc
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def stub():
+    with stub_server() as (url, _):
+        yield url
 
 
 def _body(**stub) -> dict:
@@ -116,29 +127,38 @@ def test_tool_call_delta_counts_as_a_token(stub):
 
 
 def test_errors_are_recorded_and_counted(stub):
-    faults = [None, "http_500", "drop", "hang", "stream_error", "http_400"]
+    """Each fault is told apart by what happened, never by which timer fired first: the faults
+    that end by themselves run under a timeout no loaded machine reaches (60 s); only the hang,
+    in a level of its own, relies on the client's timeout."""
+    faults = [None, "http_500", "drop", "stream_error", "http_400"]
     bodies = [_body(fault=f) if f else _body() for f in faults]
     n = 2 * len(faults)
-    result = run_level(stub, "stub", bodies, LoadSpec(concurrency=4, num_requests=n, timeout_s=1.0), progress=False)
-    assert len(result.records) == n                     # the run completes, nothing dropped
+    result = run_level(stub, "stub", bodies, LoadSpec(concurrency=4, num_requests=n, timeout_s=60.0), progress=False)
+    hang = run_level(stub, "stub", [_body(fault="hang")], LoadSpec(concurrency=2, num_requests=2, timeout_s=0.5),
+                     progress=False)
+    assert len(result.records) == n and len(hang.records) == 2   # the runs complete, nothing dropped
     by_id = {r.request_id: r for r in result.records}
-    expected = {None: None, "http_500": "http_5xx", "drop": "connection_dropped", "hang": "timeout",
+    expected = {None: None, "http_500": "http_5xx", "drop": "connection_dropped",
                 "stream_error": "stream_error", "http_400": "http_4xx"}
     for i in range(n):
         rec, fault = by_id[f"c4-{i}"], faults[i % len(faults)]
         assert rec.error_kind == expected[fault], (i, fault, rec.error)
         assert rec.success is (fault is None)
         assert rec.end is not None and (fault is None or rec.error)
-    assert by_id["c4-1"].status == 500 and by_id["c4-5"].status == 400
-    assert 0.9 <= by_id["c4-3"].end - by_id["c4-3"].start < 5   # the hang ended by our timeout
+    assert by_id["c4-1"].status == 500 and by_id["c4-4"].status == 400
     assert len(by_id["c4-2"].token_times) == N_TOKENS // 2     # tokens before the drop are kept
+    for rec in hang.records:                                   # the role chunk came, then nothing
+        assert rec.error_kind == "timeout" and rec.status == 200 and rec.first_token is None
+        assert rec.end - rec.start >= 0.5                      # ended by our timeout, not before
+    assert result.server_gone is None                          # a dropped stream alone is no outage
 
-    s = metrics.summarize(result.records, slo_ttft_ms=1000, slo_e2e_ms=5000)
-    assert s["requests"]["total"] == n and s["requests"]["failed"] == n - 2
-    assert s["requests"]["error_rate"] == pytest.approx((n - 2) / n)
+    records = result.records + hang.records
+    s = metrics.summarize(records, slo_ttft_ms=1000, slo_e2e_ms=5000)
+    assert s["requests"]["total"] == n + 2 and s["requests"]["failed"] == n
+    assert s["requests"]["error_rate"] == pytest.approx(n / (n + 2))
     assert s["requests"]["errors_by_kind"] == {"http_5xx": 2, "connection_dropped": 2, "timeout": 2,
                                                "stream_error": 2, "http_4xx": 2}
-    assert s["goodput"]["requests"] == 2 and s["goodput"]["fraction"] == pytest.approx(2 / n)
+    assert s["goodput"]["requests"] == 2 and s["goodput"]["fraction"] == pytest.approx(2 / (n + 2))
     assert s["ttft_ms"]["n"] == 2                          # latency stats: successful requests only
 
 
@@ -184,6 +204,109 @@ def test_run_bench_writes_every_output(stub, tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     assert not list(tmp_path.glob(".*.tmp"))
     assert "| c4 |" in (tmp_path / "sweep.md").read_text()
+
+
+# --- the server or the client dies ----------------------------------------------------------
+
+WORKLOAD = {"name": "synthetic", "input_tokens": 16, "max_tokens": 5, "seed": 3}
+
+
+def test_server_killed_mid_level_stops_the_bench(tmp_path):
+    """The stub SIGKILLs itself when request 6 arrives: the level stops issuing, the next level
+    never runs, bench.json says partial, the records of the level are on disk."""
+    with stub_server("--die-after", "5") as (url, proc):
+        summaries = run_bench(url, "stub", tmp_path, concurrencies=[2, 3], num_requests=40,
+                              workload=WORKLOAD, progress=False)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    assert [s["label"] for s in summaries] == ["c2"]
+    status = json.loads((tmp_path / "bench.json").read_text())
+    assert status["status"] == "partial" and status["finished"] == [] and "during level c2" in status["server_gone"]
+    assert "failed /health probes" in summaries[0]["server_gone"]
+    records = load_records(tmp_path / "records_c2.csv")
+    ok = [r for r in records if r.success]
+    assert 4 <= len(ok) <= 5 and len(records) < 40            # stopped issuing once the server was gone
+    assert {r.error_kind for r in records if not r.success} <= {"connection_dropped", "connection_error"}
+    assert not (tmp_path / "summary_c3.json").exists() and not (tmp_path / "records_c3.csv").exists()
+
+
+def test_killed_client_keeps_the_records_it_measured(stub, tmp_path):
+    cmd = [sys.executable, "-m", "experiments.bench.run", "--endpoint", stub, "--model", "stub",
+           "--out", str(tmp_path), "--concurrency", "1", "--num-requests", "100000", "--no-progress",
+           "--workload", json.dumps(WORKLOAD)]
+    client = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = tmp_path / "records_c1.csv"
+    try:
+        for _ in range(600):                                   # wait for 5 rows, whatever the speed
+            if path.exists() and len(path.read_text().splitlines()) > 5:
+                break
+            assert client.poll() is None, "the client ended before the kill"
+            time.sleep(0.1)
+    finally:
+        client.kill()
+        client.wait()
+    records = load_records(path)
+    assert len(records) >= 5 and all(r.success and r.completion_tokens == N_TOKENS for r in records)
+    assert json.loads((tmp_path / "bench.json").read_text())["status"] == "running"  # never marked done
+
+
+def test_make_bench_against_a_dying_server_fails_the_stage_and_a_rerun_gets_its_own_folder(tmp_path):
+    from experiments.bench import stage as benchmark
+    from experiments.core.config import compose
+
+    results = tmp_path / "results"
+    run = fake_run(results)
+    overrides = ["profile=cpu", "workload=synthetic", "workload.input_tokens=16", "workload.max_tokens=5",
+                 "bench.concurrency=[2,3]", "bench.num_requests=10", "bench.warmup_requests=0"]
+
+    def make_bench(url):
+        return stage_cli("experiments.bench.stage", run, f"{url}/v1", overrides)
+
+    def statuses():
+        return mlflow_statuses(results)
+
+    with stub_server("--die-after", "12") as (url, _):
+        first = make_bench(url)
+    assert first.returncode == 3, first.stderr[-3000:]
+    message = first.stderr.strip().splitlines()[-1]
+    assert "the server went away" in message and "levels ['c3']" in message
+    assert "make bench RUN=r1 MODEL=merged CONC=2,3 ENDPOINT=" in message
+    info = json.loads((run / "run.json").read_text())
+    assert info["stages"]["bench_external"] == "partial" and info["stage_counts"]["bench_external"]["levels_finished"] == 1
+    assert statuses() == ["FAILED"]
+    cfg = compose(overrides)
+    assert not benchmark.is_complete(cfg, run, "external")
+    first_dir = (run / "bench" / "external" / "latest").resolve()
+
+    with stub_server() as (url, _):
+        second = make_bench(url)
+    assert second.returncode == 0, second.stderr[-3000:]
+    second_dir = (run / "bench" / "external" / "latest").resolve()
+    assert second_dir != first_dir and second_dir.parent == first_dir.parent   # the first bench stays as it was
+    assert json.loads((first_dir / "summary_c3.json").read_text())["server_gone"]
+    assert sorted(p.name for p in second_dir.glob("summary_*.json")) == ["summary_c2.json", "summary_c3.json"]
+    assert json.loads((run / "run.json").read_text())["stages"]["bench_external"] == "done"
+    assert benchmark.is_complete(cfg, run, "external") and statuses() == ["FAILED", "FINISHED"]
+
+
+def _files_holding(root: Path, secret: str) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_make_bench_against_a_keyed_endpoint_sends_the_key_and_never_writes_it(tmp_path):
+    key = "sk-h12-bench-" + "7" * 16
+    results = tmp_path / "results"
+    run = fake_run(results)
+    overrides = ["profile=cpu", "workload=synthetic", "workload.input_tokens=16", "workload.max_tokens=5",
+                 "bench.concurrency=[2]", "bench.num_requests=6", "bench.warmup_requests=1"]
+    with stub_server("--api-key", key, key=key) as (url, _):
+        without = stage_cli("experiments.bench.stage", run, f"{url}/v1", overrides)
+        keyed = stage_cli("experiments.bench.stage", run, f"{url}/v1", overrides, VLLM_API_KEY=key)
+    assert without.returncode == 2 and "Traceback" not in without.stderr
+    assert without.stderr.strip().splitlines()[-1].startswith("[bench] error: ENDPOINT=") and "HTTP 401" in without.stderr
+    assert keyed.returncode == 0, keyed.stderr[-3000:]
+    summary = json.loads((run / "bench" / "external" / "latest" / "summary_c2.json").read_text())
+    assert summary["requests"]["failed"] == 0 and summary["settings"]["warmup_failed"] == 0
+    assert _files_holding(results, key) == [] and key not in keyed.stdout + keyed.stderr
 
 
 # --- pure parts -----------------------------------------------------------------------------
@@ -331,3 +454,16 @@ def test_synthetic_prompts_have_exact_token_counts_with_a_tokenizer(tmp_path):
     assert bodies == build_requests(cfg, 6)
     for body in bodies:
         assert len(fast.encode(body["messages"][0]["content"], add_special_tokens=False)) == 50
+
+
+def test_stream_delivery_tells_server_merging_from_read_coalescing(stub):
+    """tokens per chunk (server side) and chunks per read (our reads) are counted, not timed."""
+    one = RequestRecord("a", start=0.0, first_token=0.1, token_times=[0.1, 0.1, 0.1, 0.2], end=0.3,
+                        completion_tokens=8, status=200, success=True)   # 4 chunks in 2 reads, 8 tokens
+    d = metrics.stream_delivery([one])
+    assert d == {"tokens_per_chunk": 2.0, "chunks_per_read": 2.0, "tokens_per_read": 4.0,
+                 "zero_gaps_fraction": pytest.approx(2 / 3)}
+    live = run_level(stub, "stub", [_body()], LoadSpec(concurrency=2, num_requests=6), progress=False).records
+    s = metrics.summarize(live)
+    assert s["stream"]["tokens_per_chunk"] == 1.0          # the stub sends one token per chunk
+    assert s["stream"]["chunks_per_read"] >= 1.0

@@ -22,6 +22,7 @@ import pytest
 
 pytest.importorskip("bfcl_eval", reason="needs the eval environment (bfcl-eval)")
 
+from conftest import fake_run, mlflow_statuses, stage_cli  # noqa: E402
 from experiments.bfcl import run_bfcl, spec, tables  # noqa: E402
 from experiments.core.paths import REPO_ROOT  # noqa: E402
 
@@ -267,6 +268,103 @@ def test_resume_after_kill_does_not_regenerate_finished_items(servers, tmp_path)
     assert all(v["accuracy"] == 100.0 for v in summary["per_category"].values())
 
 
+# ---------------------------------------------------------------- a server that dies mid-eval
+
+DYING_SET = ["simple_python", "memory_kv"]  # 5 single-turn items, a 24-turn memory prerequisite chain
+
+
+def _results_by_id(out: Path) -> dict[str, dict]:
+    return {json.loads(line)["id"]: json.loads(line) for path in out.rglob("*_result.json")
+            for line in path.read_text().splitlines() if line.strip()}
+
+
+def test_server_killed_mid_eval_is_incomplete_then_a_rerun_retries_items_and_prerequisites(tmp_path):
+    """The server SIGKILLs itself when request 4 arrives (--die-after 3): no timing involved."""
+    out = tmp_path / "out"
+    dying = OracleServer(tmp_path, "--die-after", "3").wait()
+    try:
+        first = _eval(dying, "oracle", out, DYING_SET, num_threads=4, max_retries=1)
+    finally:
+        dying.stop()
+    assert dying.proc.returncode == -signal.SIGKILL
+    assert first["complete"] is False
+    assert first["n_failed_prereqs"] >= 1 and first["n_failed_requests"] >= 1
+    assert "failed a request" in first["server_unreachable"]
+    # Once the server was found gone, the remaining items were not sent at all.
+    answers = _results_by_id(out)
+    refused = [i for i, e in answers.items() if "server unreachable" in str(e["result"])]
+    assert refused and all(str(answers[i]["result"]).startswith(tables.INFERENCE_ERROR_PREFIX) for i in refused)
+    failed_before = {i for i, e in answers.items() if str(e["result"]).startswith(tables.INFERENCE_ERROR_PREFIX)}
+
+    fresh = OracleServer(tmp_path).wait()
+    try:
+        second = _eval(fresh, "oracle", out, DYING_SET, num_threads=4)
+        asked = fresh.stats("oracle")["by_id"]
+    finally:
+        fresh.stop()
+    assert second["complete"] is True and second["n_failed_prereqs"] == 0 and second["n_failed_requests"] == 0
+    assert all(v["accuracy"] == 100.0 for v in second["per_category"].values())
+    assert failed_before <= set(asked), "a failed item or prerequisite was not asked again"
+    assert second["resume"]["failed_prereqs_to_retry"] >= 1
+
+
+def test_make_eval_against_a_dying_server_fails_the_stage_and_a_rerun_completes_it(tmp_path):
+    results = tmp_path / "results"
+    run = fake_run(results)
+    overrides = ["profile=cpu", "bfcl=quick", f"bfcl.categories=[{','.join(DYING_SET)}]", "bfcl.name=custom",
+                 "bfcl.num_threads=4"]
+
+    def make_eval(server):
+        return stage_cli("experiments.bfcl.stage", run, f"{server.url}/v1", overrides)
+
+    def mlflow_status():
+        return mlflow_statuses(results)
+
+    dying = OracleServer(tmp_path, "--die-after", "3").wait()
+    try:
+        first = make_eval(dying)
+    finally:
+        dying.stop()
+    assert first.returncode == 3, first.stderr[-3000:]
+    message = first.stderr.strip().splitlines()[-1]
+    assert "incomplete" in message and "memory prerequisites failed" in message
+    assert "make eval RUN=r1 MODEL=merged BFCL=custom ENDPOINT=" in message
+    info = json.loads((run / "run.json").read_text())
+    assert info["stages"]["eval_external"] == "partial"
+    assert info["stage_counts"]["eval_external"]["n_failed_prereqs"] >= 1
+    assert mlflow_status() == ["FAILED"]
+
+    fresh = OracleServer(tmp_path).wait()
+    try:
+        second = make_eval(fresh)
+    finally:
+        fresh.stop()
+    assert second.returncode == 0, second.stderr[-3000:]
+    info = json.loads((run / "run.json").read_text())
+    assert info["stages"]["eval_external"] == "done" and "eval_external" not in info["stage_counts"]
+    assert mlflow_status() == ["FAILED", "FINISHED"]
+
+
+def test_make_eval_against_a_keyed_endpoint_sends_the_key_and_never_writes_it(tmp_path):
+    key = "sk-h12-eval-" + "5" * 16
+    results = tmp_path / "results"
+    run = fake_run(results)
+    overrides = ["profile=cpu", "bfcl=quick", "bfcl.categories=[simple_python,live_relevance]", "bfcl.name=custom"]
+    server = OracleServer(tmp_path, "--api-key", key).wait()
+    try:
+        without = stage_cli("experiments.bfcl.stage", run, f"{server.url}/v1", overrides)
+        keyed = stage_cli("experiments.bfcl.stage", run, f"{server.url}/v1", overrides, VLLM_API_KEY=key)
+    finally:
+        server.stop()
+    assert without.returncode == 2 and "Traceback" not in without.stderr
+    assert "HTTP 401" in without.stderr.strip().splitlines()[-1]
+    assert keyed.returncode == 0, keyed.stderr[-3000:]
+    summary = json.loads((run / "bfcl" / "external" / "summary.json").read_text())
+    assert summary["complete"] and all(v["accuracy"] == 100.0 for v in summary["per_category"].values())
+    leaked = [str(p) for p in results.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert leaked == [] and key not in keyed.stdout + keyed.stderr
+
+
 # ---------------------------------------------------------------- pure parts
 
 def test_category_sets_cover_everything_bfcl_knows(tmp_path):
@@ -311,8 +409,28 @@ def test_repair_drops_torn_lines_and_failed_requests(tmp_path):
     good = json.dumps({"id": "simple_python_0", "result": [{"f": "{}"}]})
     failed = json.dumps({"id": "simple_python_1", "result": "Error during inference: 503"})
     path.write_text(f"{good}\n{failed}\n" + '{"id": "simple_python_2", "res')
-    assert tables.repair_results(tmp_path) == {"torn_lines_dropped": 1, "failed_requests_to_retry": 1}
+    assert tables.repair_results(tmp_path) == {"torn_lines_dropped": 1, "failed_requests_to_retry": 1,
+                                               "failed_prereqs_to_retry": 0, "memory_entries_regenerated": 0}
     assert path.read_text() == f"{good}\n"
+
+
+def test_repair_regenerates_the_whole_chain_of_a_failed_memory_prerequisite(tmp_path):
+    model_dir = tmp_path / "result" / "local-m"
+    folder = model_dir / "agentic" / "memory" / "kv"
+    folder.mkdir(parents=True)
+    line = lambda i, ok: json.dumps({"id": i, "result": [[{"f": "{}"}]] if ok else "Error during inference: x"})  # noqa: E731
+    prereqs = folder / "BFCL_v4_memory_kv_prereq_result.json"
+    prereqs.write_text("\n".join([line("memory_kv_prereq_0-notetaker-0", True),
+                                  line("memory_kv_prereq_1-notetaker-1", False),
+                                  line("memory_kv_prereq_2-student-0", True)]) + "\n")
+    questions = folder / "BFCL_v4_memory_kv_result.json"
+    questions.write_text("\n".join([line("memory_kv_5-notetaker-5", True), line("memory_kv_9-student-3", True),
+                                    line("memory_kv_8-student-2", False)]) + "\n")
+    assert tables.failed_prereqs(tmp_path, "local-m") == ["memory_kv_prereq_1-notetaker-1"]
+    assert tables.repair_results(model_dir) == {"torn_lines_dropped": 0, "failed_requests_to_retry": 1,
+                                               "failed_prereqs_to_retry": 1, "memory_entries_regenerated": 2}
+    assert [json.loads(x)["id"] for x in prereqs.read_text().splitlines()] == ["memory_kv_prereq_2-student-0"]
+    assert [json.loads(x)["id"] for x in questions.read_text().splitlines()] == ["memory_kv_9-student-3"]
 
 
 def test_baseline_delta():

@@ -82,7 +82,7 @@ def served(request, merged_run):
     servers: made here only when missing (tests/test_stages_real.py makes the same outputs)."""
     if not bfcl_complete(merged_run, "base"):
         make("eval", f"RUN={merged_run.name}", "MODEL=base", "BFCL=quick")
-    need_bench = not (merged_run / "bench" / KIND / "sweep.csv").exists()
+    need_bench = not (merged_run / "bench" / KIND / "latest" / "sweep.csv").exists()
     if need_bench or not bfcl_complete(merged_run, KIND):
         request.getfixturevalue("merged_server")  # one server for the session
     if not bfcl_complete(merged_run, KIND):
@@ -162,7 +162,7 @@ def test_bfcl_rows_equal_summaries_and_anchors_are_labelled_published(two_method
 def test_serving_tables_equal_bench_summaries(two_methods):
     dora, _, text = two_methods
     body = section(text, "Serving")
-    out = dora / "bench" / KIND
+    out = dora / "bench" / KIND / "latest"
     labels = [str(x) for x in pd.read_csv(out / "sweep.csv")["label"]]  # the latest bench's levels
     load, latency, little = tables(body)
     assert [r["level"] for r in load] == labels
@@ -190,8 +190,9 @@ def test_serving_tables_equal_bench_summaries(two_methods):
         assert_shows(row["within 10%"], ll["ok"])
         assert_shows(row["λ attempted req/s"], s["throughput"]["attempted_requests_per_s"])
     assert "every number above equals its summary file" in body  # recomputed from records_<level>.csv
+    bench_dir = out.resolve().name  # the newest `make bench` folder, which `latest` points at
     for name in ("latency.png", "throughput.png"):
-        assert f"bench/{KIND}/{name}" in body
+        assert f"bench/{KIND}/{bench_dir}/{name}" in body
 
 
 def test_costs_are_the_arithmetic_of_files_and_config(two_methods):
@@ -203,7 +204,7 @@ def test_costs_are_the_arithmetic_of_files_and_config(two_methods):
     for row in train_rows:
         wall = read_json(dora.parent / plain(row["run"]) / "train_metrics.json")["wall_time_s"]
         assert_shows(row["cost"], wall / 3600 * price, f"{row['run']} training cost")
-    out = dora / "bench" / KIND
+    out = dora / "bench" / KIND / "latest"
     levels = [read_json(out / f"summary_{label}.json") for label in pd.read_csv(out / "sweep.csv")["label"]]
     chosen = min(levels, key=lambda s: (abs(s["concurrency"] - 32), s["concurrency"]))  # cost.inference_concurrency
     inference = subsection(body, "Inference")
@@ -331,10 +332,36 @@ def test_levels_of_an_older_bench_are_not_reported(served, tmp_path):
     import shutil
 
     out = tmp_path / "run" / "bench" / KIND
-    shutil.copytree(served / "bench" / KIND, out)
+    shutil.copytree((served / "bench" / KIND / "latest").resolve(), out)  # a flat, pre-invocation-folder layout
     labels = [str(x) for x in pd.read_csv(out / "sweep.csv")["label"]]
     stale = read_json(out / f"summary_{labels[0]}.json")
     (out / "summary_c999.json").write_text(__import__("json").dumps({**stale, "label": "c999", "concurrency": 999}))
     found = report.bench_outputs(tmp_path / "run", KIND)
     assert [lv["label"] for lv in found["levels"]] == labels and not found["problems"]
     assert all(report.recheck_from_records(lv) == [] for lv in found["levels"])
+
+
+def test_report_reads_only_the_latest_bench_and_leaves_out_a_partial_level(tmp_path):
+    """bench/<kind>/<time>/ per `make bench`, `latest` -> the newest: an older complete bench is
+    not mixed in, and a level during which the server went away is reported as a problem only."""
+    import json
+    import os
+
+    parent = tmp_path / "run" / "bench" / KIND
+    for name, gone in (("20260101-000000", None), ("20260102-000000", "connection_error, then failed /health")):
+        folder = parent / name
+        folder.mkdir(parents=True)
+        labels = ["c1", "c4"] if gone is None else ["c1", "c2"]
+        pd.DataFrame([{"label": lb, "started_unix": float(i)} for i, lb in enumerate(labels)]).to_csv(folder / "sweep.csv", index=False)
+        for i, lb in enumerate(labels):
+            level_gone = gone if lb == "c2" else None
+            (folder / f"summary_{lb}.json").write_text(json.dumps({"label": lb, "started_unix": float(i), "server_gone": level_gone}))
+        finished = labels if gone is None else ["c1"]
+        (folder / "bench.json").write_text(json.dumps({"status": "done" if gone is None else "partial", "levels": labels + (["c8"] if gone else []),
+                                                       "finished": finished, "server_gone": gone}))
+    os.symlink("20260102-000000", parent / "latest")
+    found = report.bench_outputs(tmp_path / "run", KIND)
+    assert found["dir"].name == "20260102-000000"
+    assert [lv["label"] for lv in found["levels"]] == ["c1"]
+    assert any(p.startswith("partial bench") and "'c2', 'c8'" in p for p in found["problems"])
+    assert any("level c2 is left out" in p for p in found["problems"])

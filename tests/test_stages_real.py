@@ -31,7 +31,7 @@ def test_bench_conc4_writes_everything_and_counts_tokens_like_the_server(merged_
     before = generation_tokens(merged_server)
     make("bench", f"RUN={merged_run.name}", "CONC=4", hydra_args("bench.num_requests=16", "bench.warmup_requests=0"))
     after = generation_tokens(merged_server)
-    out = merged_run / "bench" / "merged"
+    out = merged_run / "bench" / "merged" / "latest"
     for name in ("records_c4.csv", "summary_c4.json", "sweep.csv", "sweep.md", "latency.png", "throughput.png"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

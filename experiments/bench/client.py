@@ -16,12 +16,13 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import aiohttp
 from tqdm.auto import tqdm
 
 from experiments.bench.records import ErrorKind, RequestRecord
+from experiments.core.procs import bearer
 
 # Any of these non-empty in a delta means the model produced output (the role chunk has none).
 TOKEN_FIELDS = ("content", "tool_calls", "reasoning_content", "reasoning")
@@ -59,6 +60,49 @@ class LevelResult:
     records: list[RequestRecord]
     warmup_failed: int = 0
     meta: dict = field(default_factory=dict)
+    server_gone: str | None = None       # why the level stopped issuing requests early
+
+
+# A request that failed like this may mean the server is gone: /health decides.
+CONNECTION_KINDS = (ErrorKind.CONNECTION_ERROR.value, ErrorKind.CONNECTION_DROPPED.value)
+
+
+def root_url(endpoint: str) -> str:
+    """The server root of any form chat_url accepts (where /health lives)."""
+    return chat_url(endpoint).removesuffix("/chat/completions").removesuffix("/v1")
+
+
+class Watch:
+    """Is the server still there? After a request fails with a connection error, probe /health
+    (`probes` times, `interval_s` apart); when none answers, `gone` says why and the level
+    issues no further request (requests in flight finish)."""
+
+    def __init__(self, session, root: str, headers: dict, probes: int = 3, interval_s: float = 0.5):
+        self.session, self.url, self.headers = session, root + "/health", headers
+        self.probes, self.interval_s = probes, interval_s
+        self.gone: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def saw(self, rec: RequestRecord) -> None:
+        if rec.error_kind not in CONNECTION_KINDS or self.gone:
+            return
+        async with self._lock:
+            if self.gone:
+                return
+            for attempt in range(self.probes):
+                if await self._answers():
+                    return
+                if attempt + 1 < self.probes:
+                    await asyncio.sleep(self.interval_s)
+            self.gone = f"{rec.error_kind} ({rec.error}), then {self.probes} failed /health probes of {self.url}"
+
+    async def _answers(self) -> bool:
+        try:
+            async with self.session.get(self.url, headers=self.headers,
+                                        timeout=aiohttp.ClientTimeout(total=5)) as r:
+                return r.status < 500
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
 
 
 def chat_url(endpoint: str) -> str:
@@ -70,8 +114,7 @@ def chat_url(endpoint: str) -> str:
 
 
 def auth_headers(api_key: str | None = None, api_key_env: str | None = None) -> dict:
-    key = api_key or (os.environ.get(api_key_env) if api_key_env else None)
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    return bearer(api_key or (os.environ.get(api_key_env) if api_key_env else None))
 
 
 def encode_body(body: dict, model: str) -> bytes:
@@ -147,24 +190,24 @@ def _msg(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-async def _closed(payloads, ids, concurrency, duration_s, send, on_done) -> list[RequestRecord]:
+async def _closed(payloads, ids, concurrency, duration_s, send, on_done, stop=lambda: False) -> list[RequestRecord]:
     records: list[RequestRecord] = []
     deadline = None if duration_s is None else time.perf_counter() + duration_s
     it = iter(range(len(payloads)))
 
     async def slot():
         for i in it:                                   # shared iterator: each index taken once
-            if deadline is not None and time.perf_counter() >= deadline:
+            if stop() or (deadline is not None and time.perf_counter() >= deadline):
                 return
             rec = await send(payloads[i], ids[i], None)
             records.append(rec)
-            on_done(rec)
+            await on_done(rec)
 
     await asyncio.gather(*(slot() for _ in range(concurrency)))
     return records
 
 
-async def _open(payloads, ids, rate, duration_s, seed, send, on_done) -> list[RequestRecord]:
+async def _open(payloads, ids, rate, duration_s, seed, send, on_done, stop=lambda: False) -> list[RequestRecord]:
     rng = random.Random(seed)
     t0 = time.perf_counter()
     due = t0
@@ -172,7 +215,7 @@ async def _open(payloads, ids, rate, duration_s, seed, send, on_done) -> list[Re
 
     async def one(i, when):
         rec = await send(payloads[i], ids[i], when)
-        on_done(rec)
+        await on_done(rec)
         return rec
 
     for i in range(len(payloads)):
@@ -182,14 +225,19 @@ async def _open(payloads, ids, rate, duration_s, seed, send, on_done) -> list[Re
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        if stop():
+            break
         tasks.append(asyncio.create_task(one(i, due)))
     return list(await asyncio.gather(*tasks))
 
 
 async def run_level_async(endpoint: str, model: str, bodies: Sequence[dict], spec: LoadSpec, *,
-                          headers: dict | None = None, progress: bool = True) -> LevelResult:
+                          headers: dict | None = None, progress: bool = True,
+                          on_record: Callable[[RequestRecord], None] | None = None) -> LevelResult:
     """bodies: spec.warmup warm-up bodies first, then the measured ones (reused cyclically
-    when num_requests exceeds them)."""
+    when num_requests exceeds them). `on_record` sees each measured record as it completes
+    (run_bench appends it to the level's records file). The level stops issuing requests once
+    the server is found gone (LevelResult.server_gone)."""
     url = chat_url(endpoint)
     warm, measured = list(bodies[: spec.warmup]), list(bodies[spec.warmup:])
     if not measured:
@@ -206,33 +254,40 @@ async def run_level_async(endpoint: str, model: str, bodies: Sequence[dict], spe
             return await stream_request(session, url, payload, rid, headers=hdrs,
                                         timeout_s=spec.timeout_s, scheduled=scheduled)
 
+        watch = Watch(session, root_url(endpoint), headers or {})
+        stop = lambda: watch.gone is not None  # noqa: E731
         warm_failed = 0
         if warm:
             warm_recs = await _closed([encode_body(b, model) for b in warm],
                                       [f"warmup-{i}" for i in range(len(warm))],
-                                      min(len(warm), spec.concurrency or 1), None, send, lambda r: None)
+                                      min(len(warm), spec.concurrency or 1), None, send, watch.saw, stop)
             warm_failed = sum(not r.success for r in warm_recs)
 
         bar = tqdm(total=n, desc=f"bench {spec.label}", unit="req", disable=not progress, leave=False)
         failures = 0
 
-        def on_done(rec):
+        async def on_done(rec):
             nonlocal failures
             failures += not rec.success
+            if on_record is not None:
+                on_record(rec)
             bar.update(1)
             if failures:
                 bar.set_postfix(errors=failures, refresh=False)
+            await watch.saw(rec)
 
         t_start = time.time()
         try:
-            if spec.mode == "closed":
-                records = await _closed(payloads, ids, spec.concurrency, spec.duration_s, send, on_done)
+            if stop():
+                records = []
+            elif spec.mode == "closed":
+                records = await _closed(payloads, ids, spec.concurrency, spec.duration_s, send, on_done, stop)
             else:
-                records = await _open(payloads, ids, spec.rate, spec.duration_s, spec.seed, send, on_done)
+                records = await _open(payloads, ids, spec.rate, spec.duration_s, spec.seed, send, on_done, stop)
         finally:
             bar.close()
     records.sort(key=lambda r: r.start)
-    return LevelResult(spec=spec, records=records, warmup_failed=warm_failed,
+    return LevelResult(spec=spec, records=records, warmup_failed=warm_failed, server_gone=watch.gone,
                        meta={"started_unix": t_start, "url": url, "model": model})
 
 

@@ -53,6 +53,24 @@ def itl_seconds(records: Iterable[RequestRecord]) -> np.ndarray:
     return np.concatenate(gaps) if gaps else np.empty(0)
 
 
+def stream_delivery(records: Iterable[RequestRecord]) -> dict:
+    """How tokens arrived, next to ITL (successful requests, pooled). Three layers can bunch
+    tokens, told apart by counts: the server puts several tokens in one SSE chunk (tokens >
+    chunks: vLLM merges the deltas of a request whose stream is drained slower than it decodes),
+    one network read carries several chunks (chunks > distinct arrival times: the bytes were
+    already buffered when our client read them, so they share a timestamp), or neither.
+    `zero_gaps_fraction` is the share of ITL gaps that are exactly 0 (the same read)."""
+    ok = [r for r in records if r.success and r.token_times]
+    chunks = sum(len(r.token_times) for r in ok)
+    reads = sum(len(set(r.token_times)) for r in ok)
+    tokens = sum(r.completion_tokens or len(r.token_times) for r in ok)
+    gaps = itl_seconds(ok)
+    return {"tokens_per_chunk": tokens / chunks if chunks else None,
+            "chunks_per_read": chunks / reads if reads else None,
+            "tokens_per_read": tokens / reads if reads else None,
+            "zero_gaps_fraction": float(np.mean(gaps == 0)) if gaps.size else None}
+
+
 def distribution_ms(values_s) -> dict:
     """mean/median/p90/p95/p99/max in milliseconds; None for every field when there is no value."""
     v = np.asarray(values_s, dtype=float)
@@ -131,6 +149,7 @@ def summarize(records: Sequence[RequestRecord], *, slo_ttft_ms: float | None = N
         "ttft_ms": distribution_ms(ok["ttft_s"]),
         "tpot_ms": distribution_ms(ok["tpot_s"]),
         "itl_ms": distribution_ms(itl_seconds(records)),
+        "stream": stream_delivery(records),
         "e2e_ms": distribution_ms(ok["e2e_s"]),
         "littles_law": {
             "mean_concurrency": mean_conc,                 # sum(E2E)/window = throughput x mean E2E

@@ -1,8 +1,13 @@
 """One bench of one model: load levels -> records, summaries, sweep table and plots on disk.
 
-Outputs in out_dir (every file written to a temp name, then os.replace):
-  records_<label>.csv   one row per request (raw times relative to the level's first start,
-                        token arrival times as a JSON list, derived ttft/tpot/e2e columns)
+Outputs in out_dir (one folder per bench; every file written to a temp name, then os.replace,
+except the records while a level runs):
+  bench.json            status: running -> done, or partial when the server went away (which
+                        levels were planned, which finished, why it stopped)
+  records_<label>.csv   one row per request, appended as each completes (a killed client keeps
+                        what it measured), rewritten at the level's end with the derived
+                        ttft/tpot/e2e columns (raw times relative to the level's start, token
+                        arrival times as a JSON list)
   summary_<label>.json  metrics.summarize(...) plus the level's settings
   sweep.csv, sweep.md   one row per level
   latency.png           TTFT / TPOT / ITL / E2E percentiles against concurrency (or rate)
@@ -13,26 +18,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import dataclasses
 import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import pandas as pd
 
 from experiments.bench import metrics
-from experiments.bench.client import LoadSpec, auth_headers, run_level
+from experiments.bench.client import LoadSpec, auth_headers, root_url, run_level
 from experiments.bench.records import RequestRecord
 from experiments.bench.workloads import build_requests
+from experiments.core.procs import healthy
+from experiments.core.runs import current_umask
 
 SWEEP_COLUMNS = {  # flattened summary key -> sweep table header
     "label": "level", "requests_total": "requests", "requests_failed": "failed",
     "requests_error_rate": "error_rate", "throughput_requests_per_s": "req/s",
     "throughput_output_tokens_per_s": "out tok/s", "ttft_ms_median": "TTFT p50 ms",
     "ttft_ms_p99": "TTFT p99 ms", "tpot_ms_mean": "TPOT mean ms", "tpot_ms_p99": "TPOT p99 ms",
-    "itl_ms_median": "ITL p50 ms", "itl_ms_p99": "ITL p99 ms", "e2e_ms_median": "E2E p50 ms",
+    "itl_ms_median": "ITL p50 ms", "itl_ms_p99": "ITL p99 ms", "stream_tokens_per_read": "tok/read",
+    "stream_zero_gaps_fraction": "ITL=0 share", "e2e_ms_median": "E2E p50 ms",
     "e2e_ms_p99": "E2E p99 ms", "goodput_fraction": "goodput", "littles_law_mean_concurrency": "L",
     "littles_law_ok": "Little ok",
 }
@@ -56,10 +67,18 @@ def run_bench(endpoint_url: str, model_name: str, out_dir: str | Path, *, mode: 
                         warmup=warmup, timeout_s=timeout_s, seed=seed)
     per_level = warmup + num_requests
     bodies = build_requests(workload, per_level * len(specs))
+    headers = auth_headers(api_key)
+    status = {"status": "running", "levels": [s.label for s in specs], "finished": [], "server_gone": None}
+    write_status(out_dir, status)
     summaries = []
     for k, spec in enumerate(specs):
-        result = run_level(endpoint_url, model_name, bodies[k * per_level:(k + 1) * per_level], spec,
-                           headers=auth_headers(api_key), progress=progress)
+        if k and not healthy(root_url(endpoint_url), timeout_s=5, headers=headers):
+            status["server_gone"] = f"{root_url(endpoint_url)}/health failed before level {spec.label}"
+            break
+        t0 = time.perf_counter()
+        with RecordSink(out_dir / f"records_{spec.label}.csv", t0) as sink:
+            result = run_level(endpoint_url, model_name, bodies[k * per_level:(k + 1) * per_level], spec,
+                               headers=headers, progress=progress, on_record=sink.append)
         summary = metrics.summarize(
             result.records, slo_ttft_ms=slo.get("ttft_ms"), slo_e2e_ms=slo.get("e2e_ms"),
             target_concurrency=spec.concurrency if spec.mode == "closed" else None,
@@ -69,13 +88,78 @@ def run_bench(endpoint_url: str, model_name: str, out_dir: str | Path, *, mode: 
                    "settings": {"num_requests": num_requests, "duration_s": duration_s,
                                 "warmup": warmup, "warmup_failed": result.warmup_failed,
                                 "timeout_s": timeout_s, "seed": seed, "workload": workload},
-                   "started_unix": result.meta["started_unix"], **summary}
-        write_records(out_dir / f"records_{spec.label}.csv", result.records)
+                   "started_unix": result.meta["started_unix"], "server_gone": result.server_gone, **summary}
+        write_records(out_dir / f"records_{spec.label}.csv", result.records, t0)
         with _atomic(out_dir / f"summary_{spec.label}.json") as tmp:
             tmp.write_text(json.dumps(_json_clean(summary), indent=2, allow_nan=False) + "\n")
         summaries.append(summary)
+        if result.server_gone:
+            status["server_gone"] = f"during level {spec.label}: {result.server_gone}"
+            break
+        status["finished"].append(spec.label)
+        write_status(out_dir, status)
     write_sweep(out_dir, summaries)
+    write_status(out_dir, {**status, "status": "partial" if status["server_gone"] else "done"})
     return summaries
+
+
+STATUS_FILE = "bench.json"
+
+
+def write_status(out_dir: Path, status: dict) -> None:
+    with _atomic(Path(out_dir) / STATUS_FILE) as tmp:
+        tmp.write_text(json.dumps(status, indent=2) + "\n")
+
+
+def read_status(out_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(out_dir) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def new_bench_dir(parent: Path) -> Path:
+    """parent/<UTC time>/ for one bench invocation (never reused), and parent/latest -> it."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    for n in range(1000):
+        path = parent / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        link = parent / ".latest.tmp"
+        link.unlink(missing_ok=True)
+        link.symlink_to(path.name)
+        os.replace(link, parent / "latest")
+        return path
+    raise FileExistsError(f"{parent}: no free bench folder name for {stamp}")
+
+
+class RecordSink:
+    """records_<label>.csv while a level runs: the header, then one flushed row per request as it
+    completes (raw columns, times relative to t0)."""
+
+    COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
+
+    def __init__(self, path: Path, t0: float):
+        self.path, self.t0 = Path(path), t0
+
+    def __enter__(self) -> "RecordSink":
+        self.file = open(self.path, "w", newline="")
+        os.chmod(self.path, 0o666 & ~current_umask())
+        self.writer = csv.DictWriter(self.file, fieldnames=self.COLUMNS)
+        self.writer.writeheader()
+        self.file.flush()
+        return self
+
+    def append(self, rec: RequestRecord) -> None:
+        self.writer.writerow(rec.to_row(self.t0))
+        self.file.flush()
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
 
 
 def _plain(cfg):
@@ -106,7 +190,7 @@ def _atomic(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o644)          # mkstemp makes 0600; results are meant to be read by others
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; results are meant to be read by others
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -125,8 +209,9 @@ def _json_clean(obj):
     return obj
 
 
-def write_records(path: Path, records: Sequence[RequestRecord]) -> None:
-    t0 = min((r.start for r in records), default=0.0)
+def write_records(path: Path, records: Sequence[RequestRecord], t0: float | None = None) -> None:
+    if t0 is None:
+        t0 = min((r.start for r in records), default=0.0)
     raw = pd.DataFrame([r.to_row(t0) for r in records])
     derived = metrics.per_request(records)[["ttft_s", "e2e_s", "tpot_s", "output_tokens"]]
     frame = pd.concat([raw, derived.rename(columns={"output_tokens": "output_tokens_used"})], axis=1)

@@ -12,6 +12,9 @@ in its body: {"ttft_ms", "itl_ms", "n_tokens", "fault", "tool_call"}. Faults:
   hang                 role chunk, then nothing (the client's timeout fires)
   stream_error         an error object inside the stream, then [DONE]
 --instant: no delays at all, the whole stream in one write (client-overhead benchmark).
+--die-after N: the server SIGKILLs itself when chat request N+1 arrives (dies mid-level at a
+known point). --api-key K: 401 for any request without `Authorization: Bearer K`, /health too
+(stricter than vLLM, so a client that forgets the header on any request is caught).
 
   python -m experiments.bench.stub_server --port 8150 --ttft-ms 50 --itl-ms 10 --n-tokens 16
 """
@@ -19,7 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import os
+import signal
 import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -87,9 +93,19 @@ def _settings(base: StubConfig, body: dict) -> StubConfig:
     return cfg
 
 
-def make_app(base: StubConfig) -> web.Application:
+def make_app(base: StubConfig, die_after: int | None = None, api_key: str | None = None) -> web.Application:
+    arrivals = itertools.count(1)
+
+    @web.middleware
+    async def require_key(request: web.Request, handler):
+        if api_key is not None and request.headers.get("Authorization") != f"Bearer {api_key}":
+            return web.json_response({"error": {"message": "invalid API key", "code": 401}}, status=401)
+        return await handler(request)
+
     async def chat(request: web.Request) -> web.StreamResponse:
         arrived = time.perf_counter()
+        if die_after is not None and next(arrivals) > die_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # this request is never answered
         body = await request.json()
         cfg = _settings(base, body)
         if cfg.fault in ("http_500", "http_400"):
@@ -138,7 +154,7 @@ def make_app(base: StubConfig) -> web.Application:
     async def health(_request):
         return web.Response(text="ok")
 
-    app = web.Application()
+    app = web.Application(middlewares=[require_key])
     app.add_routes([web.post("/v1/chat/completions", chat), web.get("/v1/models", models),
                     web.get("/health", health)])
     return app
@@ -154,10 +170,12 @@ def main(argv=None) -> None:
     p.add_argument("--fault", choices=FAULTS, default=None)
     p.add_argument("--tool-call", action="store_true")
     p.add_argument("--instant", action="store_true")
+    p.add_argument("--die-after", type=int, default=None, help="SIGKILL itself on chat request N+1")
+    p.add_argument("--api-key", default=None, help="require Authorization: Bearer <key> on every request")
     a = p.parse_args(argv)
     cfg = StubConfig(ttft_s=a.ttft_ms / 1000, itl_s=a.itl_ms / 1000, n_tokens=a.n_tokens or None,
                      fault=a.fault, tool_call=a.tool_call, instant=a.instant)
-    web.run_app(make_app(cfg), host=a.host, port=a.port, access_log=None, print=None,
+    web.run_app(make_app(cfg, a.die_after, a.api_key), host=a.host, port=a.port, access_log=None, print=None,
                 handle_signals=True)
 
 

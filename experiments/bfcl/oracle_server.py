@@ -12,7 +12,10 @@ names a mode, else --mode; GET /v1/models lists them):
   mixed      one of the four above per question (fixed by a hash of its id): non-trivial scores
 A message list ending in a tool result always gets a short text (ends a multi-turn step).
 GET /stats counts requests per model and per matched id; --delay and --fail-first (one 503 per
-question and step, to exercise retries) make it behave like a slow or flaky server.
+question and step, to exercise retries) make it behave like a slow or flaky server;
+--die-after N makes it kill itself (SIGKILL) when chat request N+1 arrives, unanswered: a server
+that dies mid-evaluation at a known point. --api-key K answers 401 to any request without
+`Authorization: Bearer K` (like vLLM's --api-key, /health and /stats excepted).
 
 Known limits: some questions are identical in bfcl's data with different answers (3 live
 prompt pairs, one of each being irrelevance; multi_turn_base vs long_context where file content
@@ -23,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import itertools
 import json
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -312,8 +317,10 @@ class Stats:
 
 
 def make_server(oracle: Oracle, host: str, port: int, default_mode: str = "oracle",
-                delay_s: float = 0.0, fail_first: bool = False) -> ThreadingHTTPServer:
+                delay_s: float = 0.0, fail_first: bool = False, die_after: int | None = None,
+                api_key: str | None = None) -> ThreadingHTTPServer:
     stats = Stats()
+    arrived = itertools.count(1)
     seen: set[tuple] = set()
     seen_lock = threading.Lock()
 
@@ -329,7 +336,15 @@ def make_server(oracle: Oracle, host: str, port: int, default_mode: str = "oracl
             self.end_headers()
             self.wfile.write(data)
 
+        def _authorized(self) -> bool:
+            if api_key is None or self.headers.get("Authorization") == f"Bearer {api_key}":
+                return True
+            self._send(401, {"error": {"message": "invalid API key", "code": 401}})
+            return False
+
         def do_GET(self):
+            if self.path not in ("/health", "/stats") and not self._authorized():
+                return
             if self.path == "/health":
                 self._send(200, {"status": "ok"})
             elif self.path == "/v1/models":
@@ -346,6 +361,10 @@ def make_server(oracle: Oracle, host: str, port: int, default_mode: str = "oracl
                 return self._send(200, {"status": "reset"})
             if self.path != "/v1/chat/completions":
                 return self._send(404, {"error": "not found"})
+            if not self._authorized():
+                return
+            if die_after is not None and next(arrived) > die_after:
+                os.kill(os.getpid(), signal.SIGKILL)  # this request is never answered
             model = body.get("model", "")
             mode = model if model in MODES else default_mode
             try:
@@ -384,6 +403,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--delay", type=float, default=0.0, help="seconds added to every answer")
     p.add_argument("--fail-first", action="store_true", help="503 on the first try of each step")
+    p.add_argument("--die-after", type=int, default=None, help="SIGKILL itself on chat request N+1")
+    p.add_argument("--api-key", default=None, help="require Authorization: Bearer <key>")
     a = p.parse_args(argv)
     # bfcl-eval creates folders under BFCL_PROJECT_ROOT on import: keep them out of site-packages.
     os.environ.setdefault("BFCL_PROJECT_ROOT", tempfile.mkdtemp(prefix="bfcl-oracle-"))
@@ -393,7 +414,7 @@ def main(argv=None) -> int:
         from bfcl_eval.utils import load_dataset_entry
         ids = {i for c in categories for i in spec.quick_ids(c, load_dataset_entry(c), k, a.seed)}
     server = make_server(Oracle(load_questions(categories, ids)), a.host, a.port, a.mode,
-                         a.delay, a.fail_first)
+                         a.delay, a.fail_first, a.die_after, a.api_key)
     print(f"oracle server on http://{a.host}:{a.port}/v1 (mode {a.mode})", flush=True)
     try:
         server.serve_forever()

@@ -111,7 +111,8 @@ def tabulate(out: Path, *, set_name: str, wall_time_s: float, repaired: dict) ->
     write_text_atomic(out / "items.csv", _csv(items))
     write_text_atomic(out / "categories.csv", _csv(categories))
     summary = tables.build_summary(meta=meta, job=job, set_name=set_name, categories=categories,
-                                   items=items, wall_time_s=wall_time_s, repaired=repaired)
+                                   items=items, wall_time_s=wall_time_s, repaired=repaired,
+                                   prereqs_failed=tables.failed_prereqs(out, key))
     write_json_atomic(out / "summary.json", summary)
     return summary
 

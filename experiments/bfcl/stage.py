@@ -8,6 +8,7 @@ afterwards); ENDPOINT= scores any OpenAI-compatible server instead.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from pathlib import Path
@@ -27,12 +28,33 @@ def out_dir(run_dir: Path, kind: str) -> Path:
 
 
 def is_complete(cfg: DictConfig, run_dir: Path, kind: str) -> bool:
-    """summary.json of this category set exists with nothing missing."""
+    """summary.json of this category set exists and says complete: every item and memory
+    prerequisite answered, no failed request."""
     path = out_dir(run_dir, kind) / "summary.json"
     if not path.exists():
         return False
     s = runs.read_json(path)
-    return s.get("category_set") == cfg.bfcl.name and s.get("n_missing") == 0
+    return s.get("category_set") == cfg.bfcl.name and s.get("complete") is True
+
+
+def incomplete(summary: dict, resume: str) -> runs.StageIncomplete | None:
+    """What keeps an evaluation from being done, as the error to raise (None when complete)."""
+    if summary.get("complete"):
+        return None
+    counts = {k: summary.get(k, 0) for k in ("n_items", "n_missing", "n_failed_requests", "n_failed_prereqs")}
+    planned = counts["n_items"] + counts["n_missing"]
+    gone = summary.get("server_unreachable")
+    status = "failed" if counts["n_failed_requests"] + counts["n_missing"] >= planned else "partial"
+    msg = (f"BFCL {summary.get('category_set')} incomplete: {counts['n_failed_requests']} of {planned} items failed "
+           f"their request, {counts['n_missing']} missing, {counts['n_failed_prereqs']} memory prerequisites failed"
+           + (f" ({gone})" if gone else "") + f"; those items count as wrong in the partial scores. "
+           f"Resume (retries only what failed): {resume}")
+    return runs.StageIncomplete(msg, status, counts)
+
+
+def resume_command(cfg: DictConfig, run_id: str, kind: str, endpoint_url: str | None) -> str:
+    return (f"make eval RUN={run_id} MODEL={kind} BFCL={cfg.bfcl.name}"
+            + (f" ENDPOINT={endpoint_url}" if endpoint_url else ""))
 
 
 def mlflow_metrics(summary: dict) -> dict[str, float]:
@@ -52,10 +74,20 @@ def evaluate(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoi
     run_dir = Path(run_dir)
     info = runs.read_json(run_dir / runs.RUN_JSON)
     out = out_dir(run_dir, kind if not endpoint_url else "external")
+    if endpoint_url and endpoint is None:  # unreachable or refused: one line, before any MLflow run
+        serving.first_model(endpoint_url, os.environ.get(str(cfg.serve.api_key_env)) or None)
     tracker = Tracker(cfg.tracking, run_name=f"eval/{info['run_id']}/{kind}/{cfg.bfcl.name}", tags={
         "stage": "eval", "training_run": info["run_id"], "model_kind": kind, "bfcl_set": cfg.bfcl.name,
         "method": info.get("method"), "model": info.get("model"), "profile": cfg.profile.name,
         "comparison": info.get("comparison")})
+    stage = f"eval_{out.name}"  # eval_external for ENDPOINT=
+    summary = runs.run_stage(run_dir, stage, lambda: _evaluate(cfg, run_dir, kind, info, out, tracker, endpoint, endpoint_url))
+    head = summary["headline"]
+    print(f"[eval] {out / 'summary.json'}: " + ", ".join(f"{k}={v}" for k, v in head.items()))
+    return summary
+
+
+def _evaluate(cfg, run_dir, kind, info, out, tracker, endpoint, endpoint_url) -> dict:
     with tracker:
         tracker.log_params({"bfcl_set": cfg.bfcl.name, "num_threads": cfg.bfcl.num_threads,
                             "temperature": cfg.bfcl.temperature, "quick_per_category": cfg.bfcl.quick_per_category})
@@ -68,16 +100,18 @@ def evaluate(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoi
         base_summary = out_dir(run_dir, "base") / "summary.json"
         if kind != "base" and base_summary.exists() and runs.read_json(base_summary).get("category_set") == cfg.bfcl.name:
             summary = attach_baseline(out / "summary.json", base_summary)
-        tracker.log_metrics(mlflow_metrics(summary))
+        tracker.log_metrics({**mlflow_metrics(summary), "bfcl/n_failed_prereqs": summary["n_failed_prereqs"],
+                             "bfcl/n_failed_requests": summary["n_failed_requests"]})
         tracker.log_artifacts([out / "summary.json", out / "categories.csv", out / "items.csv"])
-    runs.update_run_json(run_dir, stages={f"eval_{kind}": "done"})
-    head = summary["headline"]
-    print(f"[eval] {out / 'summary.json'}: " + ", ".join(f"{k}={v}" for k, v in head.items()))
+        error = incomplete(summary, resume_command(cfg, info["run_id"], kind, endpoint_url))
+        if error is not None:
+            tracker.set_tags({"incomplete": error.status})
+            raise error  # the tracker ends the MLflow run FAILED
     return summary
 
 
 def main(argv=None) -> int:
-    return run_model_stage("eval", "BFCL evaluation of a run's served model", evaluate, (ConfigError, runs.RunError, serving.ServeError, BfclError, TrackingError, FileNotFoundError), argv)
+    return run_model_stage("eval", "BFCL evaluation of a run's served model", evaluate, (ConfigError, runs.RunError, runs.StageIncomplete, serving.ServeError, BfclError, TrackingError, FileNotFoundError), argv)
 
 
 if __name__ == "__main__":

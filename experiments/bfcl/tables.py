@@ -87,30 +87,61 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def repair_results(model_result_dir: Path) -> dict:
     """Before (re)generating: drop lines a killed run left half-written (bfcl's reader would crash
-    on them) and single-turn/multi-turn items whose request failed (bfcl would otherwise keep the
-    error as the answer and never retry it). Memory prerequisites are kept: their snapshots chain.
+    on them) and items whose request failed (bfcl would otherwise keep the error as the answer
+    and never retry it). A failed memory prerequisite drops its whole scenario chain (every
+    prerequisite and question of that memory category and scenario): each entry starts from the
+    memory its predecessors left, so the chain is regenerated from its first, clean entry.
     Files are rewritten atomically. Returns counts."""
-    torn = retried = 0
-    for path in sorted(Path(model_result_dir).rglob("*_result.json")):
-        kept, changed = [], False
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-                entry["id"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                torn += bool(line.strip())
-                changed = True
+    files = sorted(Path(model_result_dir).rglob("*_result.json"))
+    parsed = {path: [_parse_line(line) for line in path.read_text().splitlines()] for path in files}
+    broken_chains = {memory_chain(e["id"]) for lines in parsed.values() for _, e in lines
+                     if e is not None and spec.is_prereq(e["id"]) and _is_inference_error(e.get("result"))}
+    counts = {"torn_lines_dropped": 0, "failed_requests_to_retry": 0, "failed_prereqs_to_retry": 0,
+              "memory_entries_regenerated": 0}
+    for path, lines in parsed.items():
+        kept = []
+        for line, entry in lines:
+            if entry is None:
+                counts["torn_lines_dropped"] += bool(line.strip())
+            elif memory_chain(entry["id"]) in broken_chains:
+                failed = _is_inference_error(entry.get("result"))
+                counts["failed_prereqs_to_retry" if spec.is_prereq(entry["id"]) else "failed_requests_to_retry"] += failed
+                counts["memory_entries_regenerated"] += not failed
+            elif _is_inference_error(entry.get("result")) and not spec.is_prereq(entry["id"]):
+                counts["failed_requests_to_retry"] += 1
+            else:
+                kept.append(line)
                 continue
-            if _is_inference_error(entry.get("result")) and not spec.is_prereq(entry["id"]):
-                retried += 1
-                changed = True
-                continue
-            kept.append(line)
-        if changed:
+        if len(kept) != len(lines):
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text("".join(f"{line}\n" for line in kept))
             tmp.replace(path)
-    return {"torn_lines_dropped": torn, "failed_requests_to_retry": retried}
+    return counts
+
+
+def _parse_line(line: str) -> tuple[str, dict | None]:
+    try:
+        entry = json.loads(line)
+        entry["id"]
+        return line, entry
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return line, None
+
+
+def memory_chain(test_id: str) -> tuple[str, str] | None:
+    """(memory category, scenario) of a memory entry (memory_kv_prereq_3-notetaker-0 and
+    memory_kv_7-notetaker-2 share ("memory_kv", "notetaker")); None for any other id."""
+    category = spec.category_of(test_id).removesuffix("_prereq")
+    if category not in spec.MEMORY or "-" not in test_id:
+        return None
+    return category, test_id.split("-")[1]
+
+
+def failed_prereqs(root: Path, key: str) -> list[str]:
+    """Memory prerequisite conversations whose request failed (never scored, yet their memory
+    feeds the questions after them)."""
+    return sorted(e["id"] for path in sorted((Path(root) / "result" / key).rglob("*_result.json"))
+                  for e in read_jsonl(path) if spec.is_prereq(e["id"]) and _is_inference_error(e.get("result")))
 
 
 def load_results(root: Path, key: str) -> dict[str, dict]:
@@ -273,7 +304,8 @@ def plan_fingerprint(plan: dict[str, list[str]]) -> str:
 
 
 def build_summary(*, meta: dict, job: dict, set_name: str, categories: list[dict],
-                  items: list[dict], wall_time_s: float, repaired: dict) -> dict:
+                  items: list[dict], wall_time_s: float, repaired: dict,
+                  prereqs_failed: list[str] = ()) -> dict:
     overall_row = meta["leaderboard"]["data_overall"][0]
     columns = leaderboard_columns(overall_row)
     ran = list(meta["plan"])
@@ -284,6 +316,8 @@ def build_summary(*, meta: dict, job: dict, set_name: str, categories: list[dict
     if partial:
         why_not.append(f"subset of {job['per_category']} ids per category (bfcl --partial-eval)")
     scored = {i for ids in meta["plan"].values() for i in ids if not spec.is_prereq(i)}
+    n_failed = sum(r["error_bucket"] == "inference_error" for r in items)
+    prereqs_failed = list(prereqs_failed)
     return {
         "model": job["served_model_name"],
         "bfcl_model_key": meta["model_key"],
@@ -295,7 +329,13 @@ def build_summary(*, meta: dict, job: dict, set_name: str, categories: list[dict
         "plan_fingerprint": plan_fingerprint(meta["plan"]),
         "n_items": len(items),
         "n_missing": len(scored) - len(items),  # planned but never generated
-        "n_failed_requests": sum(r["error_bucket"] == "inference_error" for r in items),
+        "n_failed_requests": n_failed,
+        "n_failed_prereqs": len(prereqs_failed),
+        "failed_prereqs": prereqs_failed[:20],
+        # Every planned item answered by the server, every memory prerequisite too: only then is
+        # the stage done (else it is partial and a rerun retries what failed).
+        "complete": len(scored) == len(items) and n_failed == 0 and not prereqs_failed,
+        "server_unreachable": meta.get("server_unreachable", {}).get("reason"),
         "leaderboard": columns,  # percent; bfcl-eval's aggregation, bfcl's column names
         "headline": {name: columns.get(name) for name in HEADLINE},
         "overall": {"value": columns.get("Overall Acc"), "comparable_to_public_board": not why_not,

@@ -16,7 +16,10 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -26,14 +29,74 @@ from experiments.bfcl.tables import IDS_FILE, META_FILE
 from experiments.core.runs import write_json_atomic
 
 
-def _handler_class():
+SERVER_GONE = "server unreachable"  # the start of every answer the breaker refused to request
+
+
+class ServerGone(RuntimeError):
+    pass
+
+
+class Breaker:
+    """Stop asking a server that is gone. After a request fails with a connection error (the
+    OpenAI client's own retries spent), probe the server's /health `probes` times, `interval_s`
+    apart; when none answers, every later request fails at once (bfcl records each as an
+    inference error, which the next run retries) instead of spending its retries."""
+
+    def __init__(self, root_url: str, headers: dict, probes: int = 3, interval_s: float = 1.0):
+        self.root_url, self.headers = root_url, headers
+        self.probes, self.interval_s = probes, interval_s
+        self.reason: str | None = None
+        self.refused = 0
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        if self.reason is not None:
+            with self._lock:
+                self.refused += 1
+            raise ServerGone(f"{SERVER_GONE}: {self.reason}; not sent")
+
+    def connection_failed(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.reason is not None:
+                return
+            for attempt in range(self.probes):
+                if self._answers():
+                    return
+                if attempt + 1 < self.probes:
+                    time.sleep(self.interval_s)
+            self.reason = (f"{self.root_url} failed a request ({type(exc).__name__}) and then "
+                           f"{self.probes} /health probes")
+            print(f"[bfcl] {self.reason}: the remaining requests are not sent", file=sys.stderr, flush=True)
+
+    def _answers(self) -> bool:
+        """Any HTTP answer below 500 means a server is there (an external one may lack /health)."""
+        request = urllib.request.Request(self.root_url + "/health", headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return r.status < 500
+        except urllib.error.HTTPError as exc:
+            return exc.code < 500
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+def breaker_from_env() -> Breaker:
+    base = os.environ["OPENAI_BASE_URL"].rstrip("/")
+    key = os.environ.get("OPENAI_API_KEY")
+    return Breaker(base[: -len("/v1")] if base.endswith("/v1") else base,
+                   {"Authorization": f"Bearer {key}"} if key else {})
+
+
+def _handler_class(breaker: Breaker):
+    import openai
     from bfcl_eval.model_handler.api_inference.openai_completion import OpenAICompletionsHandler
 
     class LocalChatHandler(OpenAICompletionsHandler):
         """bfcl's chat-completions handler (tools, OPENAI_BASE_URL/OPENAI_API_KEY), with the
-        OpenAI client's retry budget and timeout set by us. The client retries connection
-        errors, 408/409/429 and 5xx with exponential backoff; bfcl itself only adds a retry on
-        429 (RateLimitError), and records any other failure as the item's answer."""
+        OpenAI client's retry budget and timeout set by us, and the breaker in front of every
+        request. The client retries connection errors, 408/409/429 and 5xx with exponential
+        backoff; bfcl itself only adds a retry on 429 (RateLimitError), and records any other
+        failure as the item's answer."""
 
         def _build_client_kwargs(self):
             kwargs = super()._build_client_kwargs()
@@ -41,10 +104,18 @@ def _handler_class():
             kwargs["timeout"] = float(os.environ.get("BFCL_REQUEST_TIMEOUT_S", "600"))
             return kwargs
 
+        def generate_with_backoff(self, **kwargs):
+            breaker.check()
+            try:
+                return super().generate_with_backoff(**kwargs)
+            except openai.APIConnectionError as exc:  # refused, dropped, timed out
+                breaker.connection_failed(exc)
+                raise
+
     return LocalChatHandler
 
 
-def register(key: str, served_model_name: str) -> None:
+def register(key: str, served_model_name: str, breaker: Breaker) -> None:
     """Add our model to bfcl-eval's registry as a function-calling (FC) model."""
     from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING, ModelConfig
 
@@ -52,7 +123,7 @@ def register(key: str, served_model_name: str) -> None:
         model_name=served_model_name,                 # the `model` field of each request
         display_name=f"{served_model_name} (FC)".replace(",", " "),  # bfcl joins CSV cells with ","
         url="", org="local", license="",
-        model_handler=_handler_class(),
+        model_handler=_handler_class(breaker),
         input_price=None, output_price=None,
         is_fc_model=True,
         underscore_to_dot=True,  # tools go out with "." -> "_" in names; the checker maps back
@@ -119,7 +190,8 @@ def main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
     root = Path(os.environ["BFCL_PROJECT_ROOT"]).resolve()
     key, categories, k = job["model_key"], job["categories"], job["per_category"]
-    register(key, job["served_model_name"])
+    breaker = breaker_from_env()
+    register(key, job["served_model_name"], breaker)
 
     from bfcl_eval.__main__ import cli
     from bfcl_eval.utils import load_dataset_entry
@@ -159,6 +231,7 @@ def main(job_path: str) -> int:
         "model_key": key,
         "commands": {"generate": generate, "evaluate": evaluate},
         "timings_s": {"generate": t1 - t0, "evaluate": t2 - t1},
+        "server_unreachable": {"reason": breaker.reason, "requests_not_sent": breaker.refused},
         "plan": plan,
         "offered_tools": offered,
         "leaderboard": {name: [{h: _plain(v) for h, v in row.items()} for row in rows]

@@ -81,9 +81,11 @@ def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]
 
 
 def make_argv(target: str, variables: dict[str, str], args: Sequence[str]) -> list[str]:
-    """`make <target> VAR=value ... ARGS="a=1 b=2"` as an argv (no shell: each item is one word)."""
+    """`make <target> VAR=value ... ARGS="a=1 b=2"` as an argv (no shell: each item is one word;
+    the Makefile hands the values on quoted, and ARGS is split by Python's shlex, so each override
+    is shlex-quoted here and arrives as exactly one word)."""
     argv = ["make", "--no-print-directory", target] + [f"{k}={v}" for k, v in variables.items()]
-    return argv + ([f"ARGS={' '.join(args)}"] if args else [])
+    return argv + ([f"ARGS={shlex.join(args)}"] if args else [])
 
 
 # --------------------------------------------------------------------------- building blocks

@@ -12,7 +12,8 @@ from experiments.core.config import compose
 
 def run_model_stage(name: str, description: str, stage: Callable, errors: tuple[type[Exception], ...], argv=None) -> int:
     """Parse `--run --model --endpoint overrides...`, compose the config, resolve the run and call
-    `stage(cfg, run_dir, kind, endpoint_url=...)`; a known error prints one line and exits 2."""
+    `stage(cfg, run_dir, kind, endpoint_url=...)`; a known error prints one line and exits 2, an
+    incomplete stage (runs.StageIncomplete: results kept, run.json partial/failed) exits 3."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--run", default=None, help="run id or folder (default: results/latest)")
     ap.add_argument("--model", default="merged", help="merged | adapter | base")
@@ -23,6 +24,9 @@ def run_model_stage(name: str, description: str, stage: Callable, errors: tuple[
         cfg = compose(args.overrides)
         run_dir = runs.resolve_run(Path(cfg.paths.results), args.run)
         stage(cfg, run_dir, args.model, endpoint_url=args.endpoint)
+    except runs.StageIncomplete as exc:
+        print(f"[{name}] {exc.status}: {exc}", file=sys.stderr)
+        return 3
     except errors as exc:
         print(f"[{name}] error: {exc}", file=sys.stderr)
         return 2

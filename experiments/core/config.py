@@ -17,6 +17,14 @@ class ConfigError(ValueError):
     """A composition or override problem; the message names the key or value at fault."""
 
 
+def one_line(exc: BaseException) -> str:
+    """Hydra's multi-line messages (a caret under the override, a link to its docs) as one line."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    text = " ".join(line for line in lines if line and set(line) != {"^"} and not line.startswith("See https://"))
+    override = getattr(exc, "override", None)  # OverrideParseException knows which one
+    return f"override {override!r} is not valid Hydra syntax ({text})" if override else text
+
+
 def compose(overrides: Sequence[str] = (), *, resolve: bool = True) -> DictConfig:
     """Compose conf/config.yaml with command-line style overrides (`method=dora`, `axolotl.lora_r=8`)."""
     os.environ.setdefault("EXPERIMENTS_ROOT", str(REPO_ROOT))
@@ -26,7 +34,7 @@ def compose(overrides: Sequence[str] = (), *, resolve: bool = True) -> DictConfi
         if resolve:
             OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"conf/: {exc}") from None
+        raise ConfigError(f"conf/: {one_line(exc)}") from None
     return cfg
 
 

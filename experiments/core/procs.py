@@ -21,10 +21,16 @@ def port_free(host: str, port: int) -> bool:
             return False
 
 
-def healthy(root_url: str, timeout_s: float = 2.0) -> bool:
-    """GET <root_url>/health answers 200."""
+def bearer(api_key: str | None) -> dict:
+    """The Authorization header of an OpenAI-compatible server's key (none without a key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def healthy(root_url: str, timeout_s: float = 2.0, headers: dict | None = None) -> bool:
+    """GET <root_url>/health answers 200 (headers: e.g. the Authorization a server wants)."""
     try:
-        with urllib.request.urlopen(root_url + "/health", timeout=timeout_s) as r:
+        request = urllib.request.Request(root_url + "/health", headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout_s) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False

@@ -15,12 +15,7 @@ def load_raw(path: str | None = None, hf_id: str | None = None, split: str = "tr
     if (path is None) == (hf_id is None):
         raise ValueError("give exactly one of path= or hf_id=")
     if path is not None:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        if text.lstrip().startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = read_rows(path)
     else:
         import datasets  # heavy; the train and eval envs have it
 
@@ -29,6 +24,38 @@ def load_raw(path: str | None = None, hf_id: str | None = None, split: str = "tr
             rows = rows.select(range(min(max_rows, len(rows))))
         rows = rows.to_list()
     return rows[:max_rows] if max_rows is not None else rows
+
+
+class DataFileError(ValueError):
+    """A data file that is missing or does not parse; the message names the file (and line)."""
+
+
+def read_rows(path: str) -> list[dict]:
+    """JSON Lines, or one JSON list; a bad line is named `FILE:LINE`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise DataFileError(f"data.path={path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFileError(f"data.path={path}: cannot be read ({exc})") from None
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataFileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataFileError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataFileError(f"{path}: expected JSON objects (one per line, or a list of them)")
+    return rows
 
 
 def write_jsonl(rows: Iterable[dict], path: str) -> int:

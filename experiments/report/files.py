@@ -44,20 +44,31 @@ def bfcl_summary(run_dir: Path, kind: str) -> dict | None:
 
 
 def bench_outputs(run_dir: Path, kind: str) -> dict | None:
-    """The levels of the latest bench of (run, kind): the labels of sweep.csv (the last `make bench`
-    rewrites it; summary files of older benches with other levels stay in the folder and are not
-    read), each level's summary_<label>.json and the path of its records."""
+    """The levels of the latest bench of (run, kind): bench/<kind>/latest (one folder per `make
+    bench`; a flat bench/<kind>/ of older runs is read as it is), the labels of its sweep.csv, each
+    level's summary_<label>.json and the path of its records. A partial bench and any level during
+    which the server went away are listed as problems, and such levels are left out."""
     out = Path(run_dir) / "bench" / kind
+    if (out / "latest").is_dir():  # one folder per `make bench`: read only the newest
+        out = (out / "latest").resolve()
     sweep = out / "sweep.csv"
     if not sweep.is_file():
         return None
     table = pd.read_csv(sweep)
     levels, problems = [], []
+    status = read_json_or_none(out / "bench.json")
+    if status is not None and status.get("status") != "done":
+        problems.append(f"partial bench ({status.get('status')}): {status.get('server_gone') or 'it did not finish'}; "
+                        f"levels {[lv for lv in status.get('levels', []) if lv not in status.get('finished', [])]} "
+                        "are not reported")
     for row in table.to_dict("records"):
         label = str(row["label"])
         summary = read_json_or_none(out / f"summary_{label}.json")
         if summary is None:
             problems.append(f"sweep.csv lists level {label} but summary_{label}.json is missing")
+            continue
+        if summary.get("server_gone"):
+            problems.append(f"level {label} is left out: the server went away during it ({summary['server_gone']})")
             continue
         started = (row.get("started_unix"), summary.get("started_unix"))
         if None in started or abs(float(started[0]) - float(started[1])) > 1e-3:

@@ -15,6 +15,8 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.core import envs
 from experiments.core import runs
-from experiments.core.procs import healthy, port_free, process_alive, stop_group
+from experiments.core.procs import bearer, healthy, port_free, process_alive, stop_group
 
 
 MODEL_KINDS = ("merged", "adapter", "base")
@@ -131,7 +133,7 @@ def start_server(cfg: DictConfig, run_dir: Path, kind: str) -> Endpoint:
     endpoint = Endpoint(base_url=base_url, model=lora[0] if lora else name, kind=kind, pid=proc.pid)
     deadline = time.time() + float(serve.startup_timeout_s)
     started = time.time()
-    while not healthy(endpoint.root_url):
+    while not healthy(endpoint.root_url, headers=bearer(api_key)):
         if proc.poll() is not None:
             (sdir / "server.pid").unlink(missing_ok=True)
             raise ServeError(f"vLLM exited with code {proc.returncode} while starting; {log_path}:\n{_log_tail(log_path)}")
@@ -153,9 +155,9 @@ def read_endpoint(run_dir: Path, kind: str) -> Endpoint | None:
     if not path.exists():
         return None
     info = runs.read_json(path)
-    if not (info.get("pid") and process_alive(info["pid"]) and healthy(info["base_url"][:-3])):
-        return None
     key = os.environ.get(info["api_key_env"]) if info.get("api_key_env") else None
+    if not (info.get("pid") and process_alive(info["pid"]) and healthy(info["base_url"][:-3], headers=bearer(key))):
+        return None
     return Endpoint(base_url=info["base_url"], model=info["model"], kind=kind, api_key=key, pid=info["pid"])
 
 
@@ -181,8 +183,9 @@ def server_for(cfg: DictConfig, run_dir: Path, kind: str, endpoint_url: str | No
     """Yield a healthy endpoint: ENDPOINT= if given, the run's running server, or a server started
     here and stopped afterwards (even when the body fails)."""
     if endpoint_url:
-        yield Endpoint(base_url=endpoint_url.rstrip("/"), model=model_name or _first_model(endpoint_url),
-                       kind="external", api_key=os.environ.get(str(cfg.serve.api_key_env)))
+        key = os.environ.get(str(cfg.serve.api_key_env)) or None
+        yield Endpoint(base_url=endpoint_url.rstrip("/"), model=model_name or first_model(endpoint_url, key),
+                       kind="external", api_key=key)
         return
     running = read_endpoint(run_dir, kind)
     if running is not None:
@@ -195,9 +198,32 @@ def server_for(cfg: DictConfig, run_dir: Path, kind: str, endpoint_url: str | No
         stop_server(run_dir, kind)
 
 
-def _first_model(base_url: str) -> str:
-    with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=10) as r:
-        return json.load(r)["data"][0]["id"]
+def check_endpoint_url(url: str) -> str:
+    """ENDPOINT=: an http(s) URL of an OpenAI-compatible server (…/v1); one-line error otherwise."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ServeError(f"ENDPOINT={url}: expected http(s)://host:port/v1")
+    try:
+        parsed.port
+    except ValueError:
+        raise ServeError(f"ENDPOINT={url}: the port is not a number") from None
+    return url.rstrip("/")
+
+
+def first_model(base_url: str, api_key: str | None = None) -> str:
+    """The first model an OpenAI-compatible server lists (GET …/models, with the key when set)."""
+    url = check_endpoint_url(base_url) + "/models"
+    request = urllib.request.Request(url, headers=bearer(api_key))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return json.load(r)["data"][0]["id"]
+    except urllib.error.HTTPError as exc:
+        hint = " (set VLLM_API_KEY to the server's key)" if exc.code in (401, 403) else ""
+        raise ServeError(f"ENDPOINT={base_url}: GET {url} answered HTTP {exc.code}{hint}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ServeError(f"ENDPOINT={base_url}: not reachable ({getattr(exc, 'reason', exc)})") from None
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ServeError(f"ENDPOINT={base_url}: GET {url} did not return an OpenAI model list") from None
 
 
 def main(argv=None) -> int:

@@ -78,9 +78,19 @@ def get_or_create_experiment(client, name: str, artifact_location: str | None) -
 class Tracker:
     """One MLflow run of one stage. Use as a context manager: an exception marks it FAILED."""
 
-    def __init__(self, tracking_cfg: Mapping[str, Any], run_name: str, tags: Mapping[str, Any]):
+    def __init__(self, tracking_cfg: Mapping[str, Any], run_name: str, tags: Mapping[str, Any],
+                 resume_run_id: str | None = None):
+        """A new run, or (resume_run_id) the existing run of an interrupted stage, RUNNING again."""
         self.uri = str(tracking_cfg["uri"])
         check_reachable(self.uri)
+        if resume_run_id:
+            try:
+                self.client = client_for(self.uri)
+                self.client.update_run(resume_run_id, status="RUNNING")
+            except Exception as exc:
+                raise TrackingError(f"MLflow tracking store {self.uri}: cannot reopen run {resume_run_id}: {exc}") from None
+            self.run_id = resume_run_id
+            return
         try:
             self.client = client_for(self.uri)
             self.experiment_id = get_or_create_experiment(

@@ -33,6 +33,13 @@ def merge(run_dir: Path, venv: Path) -> Path:
     merged = run_dir / "merged"
     if not (adapter / "adapter_config.json").exists():
         raise MergeError(f"{adapter}: run {info['run_id']} has no adapter to merge (did its training finish?)")
+    weights = [adapter / n for n in ("adapter_model.safetensors", "adapter_model.bin")]
+    if not any(w.is_file() and w.stat().st_size > 0 for w in weights):
+        raise MergeError(f"{adapter}: adapter_config.json but no adapter weights ({weights[0].name}); the training "
+                         f"of {info['run_id']} did not finish: `make train RESUME={info['run_id']}`")
+    if info.get("stages", {}).get("train") != "done":
+        raise MergeError(f"run {info['run_id']}: training is {info.get('stages', {}).get('train', 'not recorded')}, "
+                         f"not done; resume it with `make train RESUME={info['run_id']}`")
     if (merged / "config.json").exists():
         raise MergeError(f"{merged} already exists; nothing to do (delete it to merge again)")
     scratch = run_dir / ".merge-tmp"

@@ -23,6 +23,7 @@ from experiments.core import runs
 from experiments.data import packing, prepare
 from experiments.data.decontam import MODES as DECONTAM_MODES, DecontamError, bfcl_data_dir
 from experiments.data.mix import MixError
+from experiments.data.sources import DataFileError
 from experiments.train.axolotl_config import CombinationError, build_axolotl_config
 from experiments.core.config import ConfigError, compose, world_size
 from experiments.train.launcher import check_launcher, launch_command, launch_script, read_rank_records, verify_ranks
@@ -86,6 +87,25 @@ def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
              if len(report["sources"]) > 1 else "")
           + (f"; BFCL overlap: {report['decontamination']['rows_overlapping']} rows"
              f" ({report['decontamination']['rows_dropped']} dropped)" if "decontamination" in report else ""))
+def preview_data(cfg: DictConfig, planned: Path) -> None:
+    """Read and convert the data before any run folder exists: a missing or malformed file fails
+    here naming the file (and line); no usable row writes results/data_reports/<run>.json and stops."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            prepare.prepare(data, Path(tmp))
+        except DataFileError as exc:
+            raise StageError(str(exc)) from None
+        except prepare.PrepareError:
+            report_path = Path(cfg.paths.results) / "data_reports" / f"{planned.name}.json"
+            report = json.loads((Path(tmp) / "data_report.json").read_text())
+            runs.write_json_atomic(report_path, report)
+            n = report.get("rows_in", 0)
+            what = "is empty" if n == 0 else f"has {n} rows and none converted"
+            kinds = report.get("rejected_by_kind")
+            raise StageError(f"data={cfg.data.name} ({cfg.data.get('path') or cfg.data.get('hf_id') or 'mix'}) {what}"
+                             + (f" (rejected: {kinds})" if kinds else "")
+                             + f"; why each row was rejected: {report_path}") from None
     return report
 
 
@@ -172,15 +192,17 @@ def _env_vars(node: DictConfig) -> dict:
 
 
 def run_axolotl(cmd: list[str], env: dict, log_path: Path) -> tuple[int, float, int]:
-    """Run the launch command, teeing its output to the run's train.log."""
+    """Run the launch command, teeing its output to the run's train.log line by line (the child
+    unbuffered too), so a killed orchestrator leaves the log as far as training got."""
     start = time.time()
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    with open(log_path, "ab", buffering=0) as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**env, "PYTHONUNBUFFERED": "1"})
         with PeakRSS(proc.pid) as mem:
             for line in proc.stdout:
+                log.write(line)
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
-                log.write(line)
             rc = proc.wait()
     return rc, time.time() - start, mem.peak_bytes
 
@@ -198,6 +220,7 @@ def train(overrides: Sequence[str]) -> Path:
     check_reachable(cfg.tracking.uri)
     check_data(cfg)
     planned = results / (cfg.run.id or runs.new_run_id(cfg.method.name, cfg.model.name))
+    preview_data(cfg, planned)  # a missing or malformed file fails here, naming the file and line
     validate_axolotl(build_axolotl_config(cfg, run_dir=planned, dataset_path=planned / "data" / "train.jsonl",
                                           mlflow_run_name=planned.name), cfg)
 
@@ -216,16 +239,70 @@ def train(overrides: Sequence[str]) -> Path:
         "data": cfg.data.name, "profile": cfg.profile.name, "launcher": cfg.launcher.name,
         "comparison": cfg.run.comparison, "overrides": list(overrides), "launch": launch_info(cfg, ax),
         "mlflow": {"tracking_uri": cfg.tracking.uri, "experiment": cfg.tracking.experiment, "train_run_id": tracker.run_id},
-        "stages": {"train": "running"},
+        "stages": {"train": "running"}, "stage_owners": {"train": runs.owner()},
     })
     print(f"[train] run folder: {run_dir}", flush=True)
+    return _run_training(cfg, run_dir, ax, tracker, cmd, resumed_from=None)
 
+
+def last_checkpoint(output_dir: Path) -> tuple[Path, int] | None:
+    """The newest complete Trainer checkpoint (checkpoint-<step>/ with trainer_state.json)."""
+    found = [(int(p.name.split("-")[1]), p) for p in Path(output_dir).glob("checkpoint-*")
+             if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file()]
+    return (max(found)[1], max(found)[0]) if found else None
+
+
+def resume(run: str, overrides: Sequence[str] = ()) -> Path:
+    """`make train RESUME=<run_id>`: continue an interrupted training in its own folder, from its
+    last checkpoint (Axolotl's resume_from_checkpoint), with its own config, appending to its
+    train.log, train_log.jsonl and MLflow run."""
+    base = compose(overrides)
+    run_dir = runs.resolve_run(Path(base.paths.results), run)  # marks a killed training failed
+    info = runs.read_json(run_dir / runs.RUN_JSON)
+    state = info.get("stages", {}).get("train")
+    if state == "done":
+        raise runs.RunError(f"RESUME={info['run_id']}: its training is done; nothing to resume")
+    if state == "running":
+        raise runs.RunError(f"RESUME={info['run_id']}: PID {info['stage_owners']['train']['pid']} is training it now")
+    cfg = compose(info.get("overrides", []))
+    print(banner(cfg), flush=True)
+    ax = yaml.safe_load((run_dir / "axolotl.yaml").read_text())
+    found = last_checkpoint(run_dir / "adapter")
+    ax.pop("resume_from_checkpoint", None)
+    if found:
+        ax["resume_from_checkpoint"] = str(found[0])
+        _truncate_train_log(run_dir / "adapter" / "train_log.jsonl", found[1])
+    runs.write_text_atomic(run_dir / "axolotl.yaml", yaml.safe_dump(ax, sort_keys=False))
+    tracker = Tracker(cfg.tracking, run_name=f"train/{info['run_id']}", tags={},
+                      resume_run_id=info.get("mlflow", {}).get("train_run_id"))
+    runs.record_stage(run_dir, "train", "running")
+    cmd = launch_command(cfg.launcher, Path(cfg.paths.venv) / "train", run_dir / "axolotl.yaml")
+    msg = f"from {found[0].name} (step {found[1]})" if found else "from step 0 (no checkpoint was saved)"
+    with open(run_dir / "train.log", "ab") as log:
+        log.write(f"\n[train] resuming {msg}\n".encode())
+    print(f"[train] resuming {run_dir.name} {msg}", flush=True)
+    return _run_training(cfg, run_dir, ax, tracker, cmd, resumed_from=found[1] if found else 0)
+
+
+def _truncate_train_log(path: Path, step: int) -> None:
+    """Keep the log lines up to the checkpoint's step: the resumed training logs the rest again."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        runs.write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+
+
+def _run_training(cfg: DictConfig, run_dir: Path, ax: dict, tracker: Tracker, cmd: list[str],
+                  resumed_from: int | None) -> Path:
+    results = Path(cfg.paths.results)
     status = "FAILED"
     try:
         ensure_model(cfg)
-        data_report = prepare_data(cfg, run_dir / "data")
-        tracker.log_params(train_params(cfg, ax, data_report))
-        tracker.log_artifacts([run_dir / "axolotl.yaml", run_dir / "config.yaml", run_dir / "data" / "data_report.json"])
+        report = prepare_data(cfg, run_dir / "data")
+        if resumed_from is None:
+            tracker.log_params(train_params(cfg, ax, report))
+            tracker.log_artifacts([run_dir / "axolotl.yaml", run_dir / "config.yaml", run_dir / "data" / "data_report.json"])
+        else:
+            tracker.set_tags({"resumed_from_step": resumed_from})
 
         env = envs.subprocess_env({
             "MLFLOW_TRACKING_URI": cfg.tracking.uri, "MLFLOW_RUN_ID": tracker.run_id,
@@ -238,6 +315,8 @@ def train(overrides: Sequence[str]) -> Path:
         metrics = summarize_training(read_train_log(run_dir / "adapter" / "train_log.jsonl"), wall_time_s=wall,
                                      peak_rss_bytes=peak, trainable_params=safetensors_numel(adapter) if adapter.exists() else None)
         metrics["exit_code"] = rc
+        if resumed_from is not None:
+            metrics["resumed_from_step"] = resumed_from
         runs.write_json_atomic(run_dir / "train_metrics.json", metrics)
         if rc != 0 or not adapter.exists():
             raise StageError(f"axolotl train exited {rc}" + ("" if adapter.exists() else f", no adapter at {adapter}")
@@ -246,7 +325,7 @@ def train(overrides: Sequence[str]) -> Path:
         record_packing(cfg, ax, run_dir, tracker)
         status = "FINISHED"
     finally:
-        runs.update_run_json(run_dir, stages={"train": "done" if status == "FINISHED" else "failed"})
+        runs.record_stage(run_dir, "train", "done" if status == "FINISHED" else "failed")
         if status == "FINISHED":
             runs.point_latest(results, run_dir)
         try:
@@ -326,9 +405,14 @@ def train_worker_node(cfg: DictConfig, overrides: Sequence[str]) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        train(list(sys.argv[1:] if argv is None else argv))
-    except (ConfigError, CombinationError, TrackingError, runs.RunError, StageError, FileNotFoundError) as exc:
+        if args and args[0].startswith("--resume="):
+            resume(args[0].split("=", 1)[1], args[1:])
+        else:
+            train(args)
+    except (ConfigError, CombinationError, TrackingError, runs.RunError, StageError, FileNotFoundError,
+            DataFileError) as exc:
         print(f"[train] error: {exc}", file=sys.stderr)
         return 2
     return 0
