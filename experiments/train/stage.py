@@ -24,7 +24,7 @@ from experiments.data import toolace
 from experiments.train.axolotl_config import CombinationError, build_axolotl_config
 from experiments.core.config import ConfigError, compose, world_size
 from experiments.train.launcher import check_launcher, launch_command, launch_script, read_rank_records, verify_ranks
-from experiments.core.procmon import PeakRSS, safetensors_numel
+from experiments.core.procmon import PeakMemory, safetensors_numel
 from experiments.tracking.client import Tracker, TrackingError, check_reachable
 from experiments.tracking.params import train_params, train_tags
 
@@ -90,7 +90,7 @@ def read_train_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def summarize_training(log: list[dict], *, wall_time_s: float, peak_rss_bytes: int, trainable_params: int | None) -> dict:
+def summarize_training(log: list[dict], *, wall_time_s: float, memory: dict[str, int], trainable_params: int | None) -> dict:
     """Pure: the Trainer's log lines -> train_metrics.json."""
     def last(key):
         vals = [r[key] for r in log if key in r]
@@ -110,7 +110,9 @@ def summarize_training(log: list[dict], *, wall_time_s: float, peak_rss_bytes: i
                          if last("tokens/total") and last("train_runtime") else None),
         "tokens_per_s_per_gpu_axolotl": last("tokens/train_per_sec_per_gpu"),
         "tokens_total": last("tokens/total"),
-        "peak_rss_gib": round(peak_rss_bytes / 2**30, 3),
+        # PSS summed over the trainer's process tree: forked workers share its pages (procmon)
+        "peak_pss_gib": round(memory.get("pss", 0) / 2**30, 3),
+        "peak_rss_largest_process_gib": round(memory.get("largest_rss", 0) / 2**30, 3),
         "peak_gpu_mem_gib": last("memory/max_allocated (GiB)"),
         "trainable_params": trainable_params,
         "loss_curve": losses,
@@ -123,18 +125,18 @@ def _env_vars(node: DictConfig) -> dict:
     return OmegaConf.to_container(env, resolve=True) if env else {}
 
 
-def run_axolotl(cmd: list[str], env: dict, log_path: Path) -> tuple[int, float, int]:
+def run_axolotl(cmd: list[str], env: dict, log_path: Path) -> tuple[int, float, dict[str, int]]:
     """Run the launch command, teeing its output to the run's train.log."""
     start = time.time()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        with PeakRSS(proc.pid) as mem:
+        with PeakMemory(proc.pid) as mem:
             for line in proc.stdout:
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
                 log.write(line)
             rc = proc.wait()
-    return rc, time.time() - start, mem.peak_bytes
+    return rc, time.time() - start, {"pss": mem.peak_pss_bytes, "largest_rss": mem.peak_largest_rss_bytes}
 
 
 def train(overrides: Sequence[str]) -> Path:
@@ -187,7 +189,7 @@ def train(overrides: Sequence[str]) -> Path:
         rc, wall, peak = run_axolotl(cmd, env, run_dir / "train.log")
         adapter = run_dir / "adapter" / "adapter_model.safetensors"
         metrics = summarize_training(read_train_log(run_dir / "adapter" / "train_log.jsonl"), wall_time_s=wall,
-                                     peak_rss_bytes=peak, trainable_params=safetensors_numel(adapter) if adapter.exists() else None)
+                                     memory=peak, trainable_params=safetensors_numel(adapter) if adapter.exists() else None)
         metrics["exit_code"] = rc
         runs.write_json_atomic(run_dir / "train_metrics.json", metrics)
         if rc != 0 or not adapter.exists():
