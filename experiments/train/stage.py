@@ -60,12 +60,14 @@ def validate_axolotl(ax: dict, cfg: DictConfig) -> None:
 
 
 def ensure_model(cfg: DictConfig) -> None:
-    """Build the tiny local model when the config asks for it and it is not there yet."""
-    if cfg.model.build != "tiny" or (Path(cfg.model.path) / "config.json").exists():
+    """Build a local model when its config names a builder (`model.build`, a module run in the
+    train env with `--out`) and its folder is not there yet (builders write it atomically)."""
+    if not cfg.model.build or (Path(cfg.model.path) / "config.json").exists():
         return
-    print(f"[train] building the local random-weight model at {cfg.model.path} (once)")
-    shape = [f"--set={k}={json.dumps(v)}" for k, v in (cfg.model.get("shape") or {}).items()]  # e.g. random_qwen2_5_1_5b
-    subprocess.run([str(envs.python("train", Path(cfg.paths.venv))), "-m", "experiments.models.tiny_model",
+    print(f"[train] building model={cfg.model.name} at {cfg.model.path} (once, {cfg.model.build})", flush=True)
+    # builder options from the model group, e.g. random_qwen2_5_1_5b's layer shapes for tiny_model
+    shape = [f"--set={k}={json.dumps(v)}" for k, v in (cfg.model.get("shape") or {}).items()]
+    subprocess.run([str(envs.python("train", Path(cfg.paths.venv))), "-m", str(cfg.model.build),
                     "--out", str(cfg.model.path), *shape], check=True, env=envs.subprocess_env())
 
 
