@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.core import envs
 from experiments.core import runs
-from experiments.data import toolace
+from experiments.data import heldout, toolace
+from experiments.data.heldout import HELDOUT_FILE
 from experiments.train.axolotl_config import CombinationError, build_axolotl_config
 from experiments.core.config import ConfigError, compose, world_size
 from experiments.train.launcher import check_launcher, launch_command, launch_script, read_rank_records, verify_ranks
@@ -40,8 +41,7 @@ def banner(cfg: DictConfig) -> str:
     return (
         f"[train] profile={p.name} ({p.accelerator}) model={cfg.model.name} data={cfg.data.name} "
         f"method={cfg.method.name} launcher={cfg.launcher.name} x{world_size(cfg)}"
-        + ("  -- CPU profile: tiny local model, shipped sample, a few dozen steps; scores are meaningless by design"
-           if p.accelerator == "cpu" else "")
+        + (f"  -- {cfg.model.note}" if cfg.model.get("note") else "")
     )
 
 
@@ -72,17 +72,28 @@ def ensure_model(cfg: DictConfig) -> None:
 
 
 def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
-    """ToolACE rows -> data/train.jsonl in the model's native tool format + data_report.json."""
+    """ToolACE rows -> data/train.jsonl (+ the fixed held-out split, data/heldout.jsonl) in the
+    model's native tool format + data_report.json."""
     rows = toolace.load_raw(path=cfg.data.path, hf_id=cfg.data.hf_id, split=cfg.data.split, max_rows=cfg.data.max_rows)
     converted, rejects = toolace.convert_rows(rows)
     if not converted:
         raise StageError(f"data={cfg.data.name}: none of {len(rows)} rows converted; see {data_dir / 'data_report.json'}")
-    runs.write_text_atomic(data_dir / "train.jsonl", "".join(json.dumps(r) + "\n" for r in converted))
+    try:
+        train_rows, held, held_idx = heldout.split(converted, int(cfg.data.get("heldout_rows") or 0),
+                                                   int(cfg.data.get("heldout_seed") or 0))
+    except ValueError as exc:
+        raise StageError(f"data={cfg.data.name}: {exc}") from None
+    runs.write_text_atomic(data_dir / "train.jsonl", "".join(json.dumps(r) + "\n" for r in train_rows))
+    if held:
+        runs.write_text_atomic(data_dir / HELDOUT_FILE, "".join(json.dumps(r) + "\n" for r in held))
     report = {"source": cfg.data.path or cfg.data.hf_id, **toolace.summarize(converted, rejects),
+              "train_rows": len(train_rows),
+              # indices into the converted rows; never trained on
+              "heldout": {"rows": len(held), "seed": int(cfg.data.get("heldout_seed") or 0), "indices": held_idx},
               "rejects": rejects[:200]}  # the first 200 with their reasons; counts cover all
     runs.write_json_atomic(data_dir / "data_report.json", report)
     print(f"[train] data: {report['rows_out']}/{report['rows_in']} rows converted, {report['rejected']} rejected"
-          + (f" {report['rejected_by_kind']}" if rejects else ""))
+          + (f" {report['rejected_by_kind']}" if rejects else "") + f"; {len(held)} held out (never trained on)")
     return report
 
 
