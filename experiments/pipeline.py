@@ -1,6 +1,7 @@
 """`make all`: the whole job as one readable script.
 
-    train -> merge -> serve -> eval (BFCL) -> bench (load test) -> report -> stop the server
+    train -> merge -> [serve base -> eval base] -> serve -> eval (BFCL + held-out prompts)
+          -> bench (load test) -> report -> stop the server
 
 On this machine the CPU profile runs it on the tiny local model in minutes; on an H100 the same
 code runs the real thing. Each stage is skipped when its outputs for the run already exist and
@@ -93,7 +94,15 @@ def run_all(overrides: list[str], run: str | None = None, fresh: bool = False, k
         except Exception as exc:
             print(f"[all] warning: merge not recorded in MLflow: {exc}", file=sys.stderr)
 
-    # 3-5. Serve once for eval and bench; the server is stopped even when a stage fails.
+    # 3. The untuned baseline (pipeline.baseline), scored first so the tuned summary carries it.
+    base = cfg.pipeline.get("baseline")
+    if base and base != kind and not evaluate.is_complete(cfg, run_dir, base):
+        with contextlib.ExitStack() as stack:
+            log = serving.serve_dir(run_dir, base) / "server.log"
+            endpoint = stage(f"serve_{base}", lambda: stack.enter_context(serving.server_for(cfg, run_dir, base)), str(log))
+            stage(f"eval_{base}", lambda: evaluate.evaluate(cfg, run_dir, base, endpoint), str(run_dir / "bfcl" / base))
+
+    # 4-6. Serve once for eval and bench; the server is stopped even when a stage fails.
     need_eval = not evaluate.is_complete(cfg, run_dir, kind)
     need_bench = not benchmark.is_complete(cfg, run_dir, kind)
     if need_eval or need_bench:

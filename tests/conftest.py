@@ -21,6 +21,19 @@ SHORT_TRAIN = ["axolotl.max_steps=6", "axolotl.eval_steps=3", "axolotl.save_step
 SESSION_COMPARISON = "test-session"
 
 
+def train_env_json(script: str, *args: str, timeout: float = 900) -> dict:
+    """Run a Python script in the train env (repo importable, offline) and return the JSON of its
+    last stdout line; skips when the env is missing (TRAIN_PYTHON points at another one)."""
+    python = Path(os.environ.get("TRAIN_PYTHON", str(TRAIN_PY)))
+    if not python.exists():
+        pytest.skip(f"train env interpreter not found at {python} (set TRAIN_PYTHON or build .venv/train)")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([str(python), "-c", script, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -36,13 +36,14 @@ def validate(paths, cfg) -> subprocess.CompletedProcess:
 
 
 def test_methods_and_profiles_exist():
-    assert {"qlora", "dora", "qlora_opt"} <= set(METHODS)
+    assert {"lora", "qlora", "dora", "qlora_opt"} <= set(METHODS)
     assert {"cpu", "h100"} <= set(PROFILES)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_method_and_experiment_passes_axolotl_validation(profile, tmp_path):
-    combos = [[f"method={m}"] for m in METHODS] + [[f"experiment={e}"] for e in EXPERIMENTS]
+    combos = ([[f"method={m}"] for m in METHODS] + [[f"experiment={e}"] for e in EXPERIMENTS]
+              + [["model=smol", f"method={m}"] for m in METHODS])
     rendered = [render([f"profile={profile}", *o], tmp_path, f"c{i}") for i, o in enumerate(combos)]
     proc = validate([p for p, _ in rendered], rendered[0][1])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,6 +60,29 @@ def test_qlora_opt_states_only_its_differences():
     assert opt.early_stopping_patience == 3
     text = (REPO / "conf" / "method" / "qlora_opt.yaml").read_text()
     assert "- qlora" in text and "lora_r:" not in text  # inherited, not copied
+
+
+def test_lora_inherits_and_trains_bf16_on_cpu_through_a_plugin():
+    gpu, cpu = (compose(["method=lora", f"profile={p}"]).axolotl for p in ("h100", "cpu"))
+    assert gpu.adapter == cpu.adapter == "lora" and not gpu.load_in_4bit and gpu.bf16 == "auto"
+    assert len(gpu.lora_target_modules) == 7 and gpu.lora_r == compose(["method=qlora", "profile=h100"]).axolotl.lora_r
+    # conf/profile_method/cpu_lora.yaml (Hydra specialisation): bf16 weights, use_cpu from the plugin
+    assert cpu.bf16 is True and cpu.plugins[-1] == "experiments.train.axolotl_plugins.CpuBf16Plugin"
+    assert cpu.attn_implementation == "sdpa" and cpu.lora_mlp_kernel is False   # the profile still applies
+    dora = compose(["method=dora", "profile=cpu"]).axolotl
+    assert dora.bf16 is False and not any("CpuBf16" in p for p in dora.plugins)  # lora's combination only
+    text = (REPO / "conf" / "method" / "lora.yaml").read_text()
+    assert "- qlora" in text and "lora_r:" not in text  # inherited, not copied
+
+
+def test_model_group_carries_its_limits():
+    smol, tiny = compose(["profile=cpu", "model=smol"]), compose(["profile=cpu"])
+    assert smol.serve.max_model_len == 8192 and smol.axolotl.sequence_len == 1024
+    assert '{"max_new_tokens": 192}' in smol.serve.extra_args
+    assert tiny.serve.max_model_len == 16384 and '{"max_new_tokens": 64}' in tiny.serve.extra_args
+    assert compose(["profile=h100"]).axolotl.sequence_len == 4096 and compose(["profile=h100"]).serve.extra_args == []
+    assert compose(["profile=cpu", "model=smol", "serve.max_model_len=4096"]).serve.max_model_len == 4096
+    assert smol.model.build == "experiments.models.smol" and tiny.model.build == "experiments.models.tiny_model"
 
 
 def test_cpu_profile_carries_the_cpu_differences():

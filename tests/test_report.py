@@ -110,7 +110,7 @@ def test_training_rows_equal_train_metrics(two_methods):
     assert {plain(r["run"]) for r in rows} == {dora.name, qlora.name}
     columns = {"final train loss": "final_train_loss", "final eval loss": "final_eval_loss",
                "best eval loss": "best_eval_loss", "steps": "steps", "wall time s": "wall_time_s",
-               "tokens/s": "tokens_per_s", "peak GPU mem GiB": "peak_gpu_mem_gib", "peak RSS GiB": "peak_rss_gib",
+               "tokens/s": "tokens_per_s", "peak GPU mem GiB": "peak_gpu_mem_gib", "peak memory GiB (PSS)": "peak_pss_gib",
                "trainable params": "trainable_params"}
     metrics = {}
     for row in rows:

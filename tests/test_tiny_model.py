@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import train_env_json
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -87,14 +89,8 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    if not Path(TRAIN_PYTHON).exists():
-        pytest.skip(f"train env interpreter not found at {TRAIN_PYTHON} (set TRAIN_PYTHON or build .venv/train)")
     d = tmp_path_factory.mktemp("tiny")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([TRAIN_PYTHON, "-c", BUILD_AND_LOAD, str(d / "a"), str(d / "b"), str(d / "c")],
-                          capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]), d
+    return train_env_json(BUILD_AND_LOAD, str(d / "a"), str(d / "b"), str(d / "c")), d
 
 
 def test_build_is_deterministic_and_seeded(built):

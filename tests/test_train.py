@@ -23,7 +23,7 @@ def test_method_trains_and_is_tracked(method, trained_run):
     assert metrics["steps"] == 6
     assert metrics["final_train_loss"] > 0 and metrics["final_eval_loss"] > 0
     assert len(metrics["loss_curve"]) == 6 and metrics["wall_time_s"] > 0
-    assert metrics["peak_rss_gib"] > 0.1 and metrics["trainable_params"] > 0 and metrics["tokens_per_s"] > 0
+    assert metrics["peak_pss_gib"] > 0.1 and metrics["peak_rss_largest_process_gib"] > 0.1 and metrics["trainable_params"] > 0 and metrics["tokens_per_s"] > 0
 
     client = MlflowClient(tracking_uri=info["mlflow"]["tracking_uri"])
     mlrun = client.get_run(info["mlflow"]["train_run_id"])

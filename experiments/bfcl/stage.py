@@ -17,21 +17,30 @@ from omegaconf import DictConfig
 
 from experiments.core import runs
 from experiments.serve import server as serving
+from experiments.bfcl.heldout import run_heldout
 from experiments.bfcl.run import BfclError, attach_baseline, run_bfcl
 from experiments.core.cli import run_model_stage
 from experiments.core.config import ConfigError
 from experiments.tracking.client import Tracker, TrackingError
+from experiments.data.heldout import HELDOUT_FILE
 
 
 def out_dir(run_dir: Path, kind: str) -> Path:
     return Path(run_dir) / "bfcl" / kind
 
 
+def heldout_dir(run_dir: Path, kind: str) -> Path:
+    return Path(run_dir) / "heldout" / kind
+
+
 def is_complete(cfg: DictConfig, run_dir: Path, kind: str) -> bool:
     """summary.json of this category set exists and says complete: every item and memory
-    prerequisite answered, no failed request."""
+    prerequisite answered, no failed request (and the held-out prompts' summary, when the run has
+    a held-out split)."""
     path = out_dir(run_dir, kind) / "summary.json"
     if not path.exists():
+        return False
+    if (Path(run_dir) / "data" / HELDOUT_FILE).exists() and not (heldout_dir(run_dir, kind) / "summary.json").exists():
         return False
     s = runs.read_json(path)
     return s.get("category_set") == cfg.bfcl.name and s.get("complete") is True
@@ -55,6 +64,20 @@ def incomplete(summary: dict, resume: str) -> runs.StageIncomplete | None:
 def resume_command(cfg: DictConfig, run_id: str, kind: str, endpoint_url: str | None) -> str:
     return (f"make eval RUN={run_id} MODEL={kind} BFCL={cfg.bfcl.name}"
             + (f" ENDPOINT={endpoint_url}" if endpoint_url else ""))
+
+
+def ask_heldout(cfg: DictConfig, run_dir: Path, kind: str, ep: serving.Endpoint) -> dict | None:
+    """The run's held-out prompts (never trained on) asked of the served model, if it has them."""
+    path = Path(run_dir) / "data" / HELDOUT_FILE
+    if not path.exists():
+        return None
+    out = heldout_dir(run_dir, kind)
+    print(f"[eval] held-out prompts {path} -> {out}", flush=True)
+    s = run_heldout(ep.base_url, ep.model, path, out, max_tokens=int(cfg.bfcl.heldout_max_tokens),
+                    concurrency=int(cfg.bfcl.heldout_concurrency), api_key=ep.api_key)
+    print(f"[eval] held-out: {s['parsed']}/{s['call_rows']} parsed calls, {s['right_function']} right function, "
+          f"{s['exact_arguments']} exact arguments; {s['text_rows_no_call']}/{s['text_rows']} text answers without a call")
+    return s
 
 
 def mlflow_metrics(summary: dict) -> dict[str, float]:
@@ -97,11 +120,14 @@ def _evaluate(cfg, run_dir, kind, info, out, tracker, endpoint, endpoint_url) ->
             summary = run_bfcl(ep.base_url, ep.model, out, cfg.bfcl.categories, num_threads=int(cfg.bfcl.num_threads),
                                quick_per_category=cfg.bfcl.quick_per_category, seed=int(cfg.bfcl.get("seed", 0)),
                                api_key=ep.api_key, temperature=float(cfg.bfcl.temperature))
+            held = ask_heldout(cfg, run_dir, kind, ep) if not endpoint_url else None
         base_summary = out_dir(run_dir, "base") / "summary.json"
         if kind != "base" and base_summary.exists() and runs.read_json(base_summary).get("category_set") == cfg.bfcl.name:
             summary = attach_baseline(out / "summary.json", base_summary)
         tracker.log_metrics({**mlflow_metrics(summary), "bfcl/n_failed_prereqs": summary["n_failed_prereqs"],
                              "bfcl/n_failed_requests": summary["n_failed_requests"]})
+        if held:
+            tracker.log_metrics({f"heldout/{k}": v for k, v in held.items() if isinstance(v, (int, float))})
         tracker.log_artifacts([out / "summary.json", out / "categories.csv", out / "items.csv"])
         error = incomplete(summary, resume_command(cfg, info["run_id"], kind, endpoint_url))
         if error is not None:

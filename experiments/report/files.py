@@ -214,6 +214,8 @@ def gather(cfg: DictConfig, run_dir: Path, named: Sequence[str] | None = None) -
         if s is not None:
             base = {"run": r["id"], "summary": s}
             break
+    # The run's own base model vs its tuned one (section Learning): held-out prompts and BFCL.
+    heldout = {k: read_json_or_none(subject["dir"] / "heldout" / k / "summary.json") for k in ("base", kind)}
     bench = bench_outputs(subject["dir"], kind)
     if bench:
         bench["recheck"] = {lv["label"]: recheck_from_records(lv) for lv in bench["levels"]}
@@ -222,7 +224,8 @@ def gather(cfg: DictConfig, run_dir: Path, named: Sequence[str] | None = None) -
         "generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "results": results, "kind": kind, "subject": subject, "rows": rows, "rule": rule,
         "best_by": str(cfg.report.best_by), "best_goal": str(cfg.report.best_goal),
-        "base": base, "anchors": load_anchors(Path(str(cfg.report.anchors))),
+        "base": base, "heldout": heldout, "subject_bfcl_base": bfcl_summary(subject["dir"], "base"),
+        "anchors": load_anchors(Path(str(cfg.report.anchors))),
         "anchors_path": Path(str(cfg.report.anchors)), "bench": bench,
         "cost": OmegaConf.to_container(cfg.cost, resolve=True),
         "serve": {k: int(cfg.serve.get(k, 1) or 1) for k in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")},

@@ -54,7 +54,7 @@ def training_table(rows: Sequence[dict], best_id: str | None) -> pd.DataFrame:
             "wall time s": fmt(m.get("wall_time_s"), 1),
             "tokens/s": fmt(m.get("tokens_per_s"), 1),
             "peak GPU mem GiB": fmt(m.get("peak_gpu_mem_gib"), 2),
-            "peak RSS GiB": fmt(m.get("peak_rss_gib"), 2),
+            "peak memory GiB (PSS)": fmt(m.get("peak_pss_gib"), 2),   # unique memory of the trainer tree
             "trainable params": fmt(m.get("trainable_params")),
         })
     return pd.DataFrame(out)
@@ -129,8 +129,9 @@ def section(d: dict, plots: dict[str, Path]) -> list[str]:
         add(f"No run has `{d['best_by']}`, so no best run is named (`report.best_by`).\n")
     add("Columns: losses as the Trainer logged them (last logged step); wall time of `axolotl train` "
         "including start-up (measured by `make train`); tokens/s = tokens trained / Trainer runtime; "
-        "peak GPU memory = the Trainer's max allocated; peak RSS = the training process tree's resident "
-        "memory; trainable parameters = elements of the saved adapter.\n")
+        "peak GPU memory = the Trainer's max allocated; peak memory (PSS) = the training process tree's "
+        "proportional set size, summed (pages that forked workers share with the trainer counted once; "
+        "`peak_rss_largest_process_gib` in train_metrics.json is the largest single process); trainable parameters = elements of the saved adapter.\n")
     add("Source: " + ", ".join(code_path(d, r["dir"] / "train_metrics.json") for r in with_metrics) + ".\n")
     if "loss_curves" in plots:
         add(image(d, plots, "loss_curves", "loss curves") + "\n")

@@ -231,7 +231,8 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    from experiments.core.config import ConfigError, compose
+    from experiments.core.cli import compose_for_run
+    from experiments.core.config import ConfigError
 
     ap = argparse.ArgumentParser(description="Start or stop the vLLM server of a run")
     ap.add_argument("action", choices=["start", "stop"])
@@ -241,8 +242,7 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (serve.port=8001 ...)")
     args = ap.parse_intermixed_args(argv)
     try:
-        cfg = compose(args.overrides)
-        run_dir = runs.resolve_run(Path(cfg.paths.results), args.run)
+        cfg, run_dir = compose_for_run(args.overrides, args.run)
         if args.action == "stop":
             stopped = stop_server(run_dir, args.model)
             print(f"[serve] {'stopped' if stopped else 'no server recorded for'} {run_dir.name} ({args.model})")

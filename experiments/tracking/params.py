@@ -25,7 +25,8 @@ def train_params(cfg: DictConfig, ax: dict, data_report: dict) -> dict:
     """Params of a training's MLflow run (also used by `make sync` to re-create it)."""
     params = {"method": cfg.method.name, "model": cfg.model.name, "model_path": cfg.model.path,
               "data": cfg.data.name, "profile": cfg.profile.name, "launcher": cfg.launcher.name,
-              "world_size": world_size(cfg), "train_rows": data_report["rows_out"],
+              "world_size": world_size(cfg), "train_rows": data_report.get("train_rows", data_report["rows_out"]),
+              "heldout_rows": (data_report.get("heldout") or {}).get("rows", 0),
               "rejected_rows": data_report["rejected"]}
     params.update({f"cfg.{k}": ax.get(k) for k in LOGGED_AXOLOTL_PARAMS})
     return params

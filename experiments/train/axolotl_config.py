@@ -7,6 +7,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.core.config import world_size
+from experiments.data.heldout import HELDOUT_FILE
 
 
 class CombinationError(ValueError):
@@ -89,6 +90,9 @@ def build_axolotl_config(cfg: DictConfig, *, run_dir: Path, dataset_path: Path, 
     run_dir = Path(run_dir)
     dataset = _drop_none(OmegaConf.to_container(cfg.data.axolotl_dataset, resolve=True))
     ax["datasets"] = [{"path": str(dataset_path), "ds_type": "json", **dataset}]
+    if cfg.data.get("heldout_rows"):  # the run's fixed held-out split (train.stage.prepare_data)
+        ax["test_datasets"] = [{"path": str(Path(dataset_path).parent / HELDOUT_FILE), "ds_type": "json",
+                                "split": "train", **dataset}]
     ax["dataset_prepared_path"] = str(run_dir / "prepared")
     ax["output_dir"] = str(run_dir / "adapter")
     ax.update(

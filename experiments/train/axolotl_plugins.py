@@ -43,6 +43,15 @@ class CpuCompatPlugin(BasePlugin):
             pass
 
 
+class CpuBf16Plugin(BasePlugin):
+    """bf16 weights on a CPU: transformers' TrainingArguments refuse `bf16=True` without a GPU
+    unless `use_cpu=True` ("You need to assign use_cpu"), and Axolotl has no key for it. Listed by
+    conf/profile_method/cpu_lora.yaml only; Axolotl merges what this returns into the arguments."""
+
+    def get_training_args(self, cfg):
+        return {"use_cpu": True}
+
+
 class RunRecorderPlugin(BasePlugin):
     """Writes what training did into the run folder, independent of any tracking server:
 

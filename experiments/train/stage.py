@@ -24,10 +24,12 @@ from experiments.data import packing, prepare
 from experiments.data.decontam import MODES as DECONTAM_MODES, DecontamError, bfcl_data_dir
 from experiments.data.mix import MixError
 from experiments.data.sources import DataFileError
+from experiments.data import heldout
+from experiments.data.heldout import HELDOUT_FILE
 from experiments.train.axolotl_config import CombinationError, build_axolotl_config
 from experiments.core.config import ConfigError, compose, world_size
 from experiments.train.launcher import check_launcher, launch_command, launch_script, read_rank_records, verify_ranks
-from experiments.core.procmon import PeakRSS, safetensors_numel
+from experiments.core.procmon import PeakMemory, safetensors_numel
 from experiments.tracking.client import Tracker, TrackingError, check_reachable
 from experiments.tracking.params import train_params, train_tags
 
@@ -43,8 +45,7 @@ def banner(cfg: DictConfig) -> str:
     return (
         f"[train] profile={p.name} ({p.accelerator}) model={cfg.model.name} data={cfg.data.name} "
         f"method={cfg.method.name} launcher={cfg.launcher.name} x{world_size(cfg)}"
-        + ("  -- CPU profile: tiny local model, shipped sample, a few dozen steps; scores are meaningless by design"
-           if p.accelerator == "cpu" else "")
+        + (f"  -- {cfg.model.note}" if cfg.model.get("note") else "")
     )
 
 
@@ -63,12 +64,14 @@ def validate_axolotl(ax: dict, cfg: DictConfig) -> None:
 
 
 def ensure_model(cfg: DictConfig) -> None:
-    """Build the tiny local model when the config asks for it and it is not there yet."""
-    if cfg.model.build != "tiny" or (Path(cfg.model.path) / "config.json").exists():
+    """Build a local model when its config names a builder (`model.build`, a module run in the
+    train env with `--out`) and its folder is not there yet (builders write it atomically)."""
+    if not cfg.model.build or (Path(cfg.model.path) / "config.json").exists():
         return
-    print(f"[train] building the local random-weight model at {cfg.model.path} (once)")
-    shape = [f"--set={k}={json.dumps(v)}" for k, v in (cfg.model.get("shape") or {}).items()]  # e.g. random_qwen2_5_1_5b
-    subprocess.run([str(envs.python("train", Path(cfg.paths.venv))), "-m", "experiments.models.tiny_model",
+    print(f"[train] building model={cfg.model.name} at {cfg.model.path} (once, {cfg.model.build})", flush=True)
+    # builder options from the model group, e.g. random_qwen2_5_1_5b's layer shapes for tiny_model
+    shape = [f"--set={k}={json.dumps(v)}" for k, v in (cfg.model.get("shape") or {}).items()]
+    subprocess.run([str(envs.python("train", Path(cfg.paths.venv))), "-m", str(cfg.model.build),
                     "--out", str(cfg.model.path), *shape], check=True, env=envs.subprocess_env())
 
 
@@ -87,6 +90,27 @@ def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
              if len(report["sources"]) > 1 else "")
           + (f"; BFCL overlap: {report['decontamination']['rows_overlapping']} rows"
              f" ({report['decontamination']['rows_dropped']} dropped)" if "decontamination" in report else ""))
+    return split_heldout(cfg, data_dir, report)
+
+
+def split_heldout(cfg: DictConfig, data_dir: Path, report: dict) -> dict:
+    """Move the fixed held-out split (data.heldout_rows, data.heldout_seed) of the written rows to
+    data/heldout.jsonl: never trained on; Axolotl's eval loss and `make eval`'s prompts use it."""
+    rows = [json.loads(line) for line in (data_dir / "train.jsonl").read_text().splitlines() if line.strip()]
+    seed = int(cfg.data.get("heldout_seed") or 0)
+    try:
+        train_rows, held, held_idx = heldout.split(rows, int(cfg.data.get("heldout_rows") or 0), seed)
+    except ValueError as exc:
+        raise StageError(f"data={cfg.data.name}: {exc}") from None
+    runs.write_text_atomic(data_dir / "train.jsonl", "".join(json.dumps(r) + "\n" for r in train_rows))
+    if held:
+        runs.write_text_atomic(data_dir / HELDOUT_FILE, "".join(json.dumps(r) + "\n" for r in held))
+    report = {**report, "train_rows": len(train_rows),
+              # indices into the written rows; never trained on
+              "heldout": {"rows": len(held), "seed": seed, "indices": held_idx}}
+    runs.write_json_atomic(data_dir / "data_report.json", report)
+    print(f"[train] data: {len(held)} rows held out (never trained on), {len(train_rows)} to train")
+    return report
 def preview_data(cfg: DictConfig, planned: Path) -> None:
     """Read and convert the data before any run folder exists: a missing or malformed file fails
     here naming the file (and line); no usable row writes results/data_reports/<run>.json and stops."""
@@ -158,7 +182,7 @@ def read_train_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def summarize_training(log: list[dict], *, wall_time_s: float, peak_rss_bytes: int, trainable_params: int | None) -> dict:
+def summarize_training(log: list[dict], *, wall_time_s: float, memory: dict[str, int], trainable_params: int | None) -> dict:
     """Pure: the Trainer's log lines -> train_metrics.json."""
     def last(key):
         vals = [r[key] for r in log if key in r]
@@ -178,7 +202,9 @@ def summarize_training(log: list[dict], *, wall_time_s: float, peak_rss_bytes: i
                          if last("tokens/total") and last("train_runtime") else None),
         "tokens_per_s_per_gpu_axolotl": last("tokens/train_per_sec_per_gpu"),
         "tokens_total": last("tokens/total"),
-        "peak_rss_gib": round(peak_rss_bytes / 2**30, 3),
+        # PSS summed over the trainer's process tree: forked workers share its pages (procmon)
+        "peak_pss_gib": round(memory.get("pss", 0) / 2**30, 3),
+        "peak_rss_largest_process_gib": round(memory.get("largest_rss", 0) / 2**30, 3),
         "peak_gpu_mem_gib": last("memory/max_allocated (GiB)"),
         "trainable_params": trainable_params,
         "loss_curve": losses,
@@ -191,20 +217,20 @@ def _env_vars(node: DictConfig) -> dict:
     return OmegaConf.to_container(env, resolve=True) if env else {}
 
 
-def run_axolotl(cmd: list[str], env: dict, log_path: Path) -> tuple[int, float, int]:
+def run_axolotl(cmd: list[str], env: dict, log_path: Path) -> tuple[int, float, dict[str, int]]:
     """Run the launch command, teeing its output to the run's train.log line by line (the child
     unbuffered too), so a killed orchestrator leaves the log as far as training got."""
     start = time.time()
     with open(log_path, "ab", buffering=0) as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env={**env, "PYTHONUNBUFFERED": "1"})
-        with PeakRSS(proc.pid) as mem:
+        with PeakMemory(proc.pid) as mem:
             for line in proc.stdout:
                 log.write(line)
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
             rc = proc.wait()
-    return rc, time.time() - start, mem.peak_bytes
+    return rc, time.time() - start, {"pss": mem.peak_pss_bytes, "largest_rss": mem.peak_largest_rss_bytes}
 
 
 def train(overrides: Sequence[str]) -> Path:
@@ -313,7 +339,7 @@ def _run_training(cfg: DictConfig, run_dir: Path, ax: dict, tracker: Tracker, cm
         rc, wall, peak = run_axolotl(cmd, env, run_dir / "train.log")
         adapter = run_dir / "adapter" / "adapter_model.safetensors"
         metrics = summarize_training(read_train_log(run_dir / "adapter" / "train_log.jsonl"), wall_time_s=wall,
-                                     peak_rss_bytes=peak, trainable_params=safetensors_numel(adapter) if adapter.exists() else None)
+                                     memory=peak, trainable_params=safetensors_numel(adapter) if adapter.exists() else None)
         metrics["exit_code"] = rc
         if resumed_from is not None:
             metrics["resumed_from_step"] = resumed_from
