@@ -65,6 +65,8 @@ def evaluate(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoi
             summary = run_bfcl(ep.base_url, ep.model, out, cfg.bfcl.categories, num_threads=int(cfg.bfcl.num_threads),
                                quick_per_category=cfg.bfcl.quick_per_category, seed=int(cfg.bfcl.get("seed", 0)),
                                api_key=ep.api_key, temperature=float(cfg.bfcl.temperature))
+        summary = {**runs.read_json(out / "summary.json"), "fingerprints": serving.served_fingerprints(run_dir, ep.kind)}
+        runs.write_json_atomic(out / "summary.json", summary)
         base_summary = out_dir(run_dir, "base") / "summary.json"
         if kind != "base" and base_summary.exists() and runs.read_json(base_summary).get("category_set") == cfg.bfcl.name:
             summary = attach_baseline(out / "summary.json", base_summary)

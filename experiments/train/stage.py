@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.core import envs
 from experiments.core import runs
 from experiments.data import toolace
+from experiments.train import agreement
 from experiments.train.axolotl_config import CombinationError, build_axolotl_config
 from experiments.core.config import ConfigError, compose, world_size
 from experiments.train.launcher import check_launcher, launch_command, launch_script, read_rank_records, verify_ranks
@@ -81,7 +82,7 @@ def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
     runs.write_json_atomic(data_dir / "data_report.json", report)
     print(f"[train] data: {report['rows_out']}/{report['rows_in']} rows converted, {report['rejected']} rejected"
           + (f" {report['rejected_by_kind']}" if rejects else ""))
-    return report
+    return agreement.check_roundtrip(cfg, data_dir, report)
 
 
 def read_train_log(path: Path) -> list[dict]:
@@ -194,6 +195,7 @@ def train(overrides: Sequence[str]) -> Path:
             raise StageError(f"axolotl train exited {rc}" + ("" if adapter.exists() else f", no adapter at {adapter}")
                              + f"; log: {run_dir / 'train.log'}")
         check_distributed(cfg, run_dir / "adapter", run_dir / "train_metrics.json")
+        agreement.record_fingerprints(run_dir, cfg.model.path, tracker)
         status = "FINISHED"
     finally:
         runs.update_run_json(run_dir, stages={"train": "done" if status == "FINISHED" else "failed"})
@@ -278,7 +280,8 @@ def train_worker_node(cfg: DictConfig, overrides: Sequence[str]) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         train(list(sys.argv[1:] if argv is None else argv))
-    except (ConfigError, CombinationError, TrackingError, runs.RunError, StageError, FileNotFoundError) as exc:
+    except (ConfigError, CombinationError, TrackingError, runs.RunError, StageError, FileNotFoundError,
+            agreement.RoundTripError) as exc:
         print(f"[train] error: {exc}", file=sys.stderr)
         return 2
     return 0
