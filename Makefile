@@ -34,7 +34,7 @@ STAGE_OPTS := $(if $(RUN),--run $(RUN)) --model $(MODEL) $(if $(ENDPOINT),--endp
 LAUNCH_OPTS := launcher=$(LAUNCHER) $(if $(GPUS),launcher.gpus=$(GPUS)) $(if $(NNODES),launcher.nnodes=$(NNODES)) \
 	$(if $(NODE_RANK),launcher.node_rank=$(NODE_RANK)) $(if $(MASTER_ADDR),launcher.master_addr=$(MASTER_ADDR))
 
-.PHONY: help env env-train env-serve env-eval preflight train merge serve stop eval bench report compare all test ui clean-envs
+.PHONY: help env env-train env-serve env-eval preflight train merge serve stop eval bench agree report compare all test ui clean-envs
 
 help: ## Show this help
 	@echo "Usage: make <target> [METHOD=qlora|dora|qlora_opt] [RUN=<run_id>] [MODEL=merged|adapter|base] [PROFILE=$(PROFILE)]"
@@ -60,7 +60,7 @@ GPU_PREFLIGHT = $(if $(filter cpu,$(PROFILE)),,$(PREFLIGHT) &&)
 preflight: env-eval ## Is this machine ready for PROFILE? driver/CUDA, GPU memory, disk, model access
 	@$(PREFLIGHT)
 
-train: env-eval env-train ## Train one method: make train METHOD=qlora_opt [LAUNCHER=ddp GPUS=8]
+train: env-eval env-train env-serve ## Train one method: make train METHOD=qlora_opt [LAUNCHER=ddp GPUS=8]
 	@$(GPU_PREFLIGHT) $(EVAL_PY) scripts/train.py method=$(METHOD) $(HYDRA) $(LAUNCH_OPTS) $(ARGS)
 
 merge: env-eval env-train ## Merge a run's adapter into its base model: make merge [RUN=<run_id>]
@@ -77,6 +77,9 @@ eval: env-eval env-serve ## BFCL with bfcl-eval's checker: make eval [RUN=...] [
 
 bench: env-eval env-serve ## Load test: make bench [RUN=...] [MODEL=...] [CONC=32 | CONC=1,4,16,32 | RATE=10] [ENDPOINT=url]
 	@$(EVAL_PY) -m experiments.bench.stage $(STAGE_OPTS) $(HYDRA) $(if $(CONC),bench.concurrency=[$(CONC)]) $(if $(RATE),bench.rate=[$(RATE)]) $(ARGS)
+
+agree: env-eval env-serve ## Served loss = trained loss, adapter = merged: make agree [RUN=...] [MODEL=merged]
+	@$(EVAL_PY) -m experiments.agree.stage $(STAGE_OPTS) $(HYDRA) $(ARGS)
 
 report: env-eval ## Write results/<run>/report.md from the run's files: make report [RUN=...] [RUNS=a,b]
 	@$(EVAL_PY) -m experiments.report $(if $(RUN),--run $(RUN)) $(if $(RUNS),--runs $(RUNS)) $(HYDRA) $(ARGS)
