@@ -50,7 +50,7 @@ STAGE_OPTS := $(call opt,RUN,--run=) $(call opt,MODEL,--model=) $(call opt,ENDPO
 LAUNCH_OPTS := $(call opt,LAUNCHER,launcher=) $(call opt,GPUS,launcher.gpus=) $(call opt,NNODES,launcher.nnodes=) \
 	$(call opt,NODE_RANK,launcher.node_rank=) $(call opt,MASTER_ADDR,launcher.master_addr=)
 
-.PHONY: help system-deps env env-train env-serve env-eval preflight train merge serve stop eval bench report compare all test ui clean-envs
+.PHONY: help system-deps env env-train env-serve env-eval preflight train merge serve stop eval bench agree report compare all test ui clean-envs
 
 help: ## Show this help
 	@echo "Usage: make <target> [METHOD=qlora|dora|qlora_opt] [RUN=<run_id>] [MODEL=merged|adapter|base] [PROFILE=$(PROFILE)]"
@@ -77,7 +77,7 @@ GPU_PREFLIGHT = $(if $(filter cpu,$(PROFILE)),,$(PREFLIGHT) &&)
 preflight: env-eval ## Is this machine ready for PROFILE? driver/CUDA, GPU memory, disk, model access
 	@$(PREFLIGHT)
 
-train: env-eval env-train ## Train one method: make train METHOD=qlora_opt [LAUNCHER=ddp GPUS=8] [RESUME=<run_id>]
+train: env-eval env-train env-serve ## Train one method: make train METHOD=qlora_opt [LAUNCHER=ddp GPUS=8] [RESUME=<run_id>]
 	@$(GPU_PREFLIGHT) $(PY) experiments.train.stage $(call opt,RESUME,--resume=) $(call opt,METHOD,method=) $(HYDRA) $(LAUNCH_OPTS)
 
 merge: env-eval env-train ## Merge a run's adapter into its base model: make merge [RUN=<run_id>]
@@ -94,6 +94,9 @@ eval: env-eval env-serve ## BFCL with bfcl-eval's checker: make eval [RUN=...] [
 
 bench: env-eval env-serve ## Load test: make bench [RUN=...] [MODEL=...] [CONC=32 | CONC=1,4,16,32 | RATE=10] [ENDPOINT=url]
 	@$(PY) experiments.bench.stage $(STAGE_OPTS) $(HYDRA) $(if $(value CONC),'bench.concurrency=[$(call v,CONC)]') $(if $(value RATE),'bench.rate=[$(call v,RATE)]')
+
+agree: env-eval env-serve ## Served loss = trained loss, adapter = merged: make agree [RUN=...] [MODEL=merged]
+	@$(EVAL_PY) -m experiments.agree.stage $(STAGE_OPTS) $(HYDRA) $(ARGS)
 
 report: env-eval ## Write results/<run>/report.md from the run's files: make report [RUN=...] [RUNS=a,b]
 	@$(PY) experiments.report $(call opt,RUN,--run=) $(call opt,RUNS,--runs=) $(HYDRA)

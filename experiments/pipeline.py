@@ -1,7 +1,7 @@
 """`make all`: the whole job as one readable script.
 
     train -> merge -> [serve base -> eval base] -> serve -> eval (BFCL + held-out prompts)
-          -> bench (load test) -> report -> stop the server
+          -> bench (load test) -> agree -> stop the server -> report
 
 On this machine the CPU profile runs it on the tiny local model in minutes; on an H100 the same
 code runs the real thing. Each stage is skipped when its outputs for the run already exist and
@@ -55,6 +55,7 @@ def _resumable(run_dir: Path) -> bool:
 
 def run_all(overrides: list[str], run: str | None = None, fresh: bool = False, kind: str = "merged") -> Path:
     # Imported here so `make all --help` stays instant.
+    from experiments.agree import stage as agreement
     from experiments.bench import stage as benchmark
     from experiments.bfcl import stage as evaluate
     from experiments.train import merge
@@ -102,10 +103,12 @@ def run_all(overrides: list[str], run: str | None = None, fresh: bool = False, k
             endpoint = stage(f"serve_{base}", lambda: stack.enter_context(serving.server_for(cfg, run_dir, base)), str(log))
             stage(f"eval_{base}", lambda: evaluate.evaluate(cfg, run_dir, base, endpoint), str(run_dir / "bfcl" / base))
 
-    # 4-6. Serve once for eval and bench; the server is stopped even when a stage fails.
+    # 4-6. Serve once for eval, bench and agree; the server is stopped even when a stage fails.
     need_eval = not evaluate.is_complete(cfg, run_dir, kind)
     need_bench = not benchmark.is_complete(cfg, run_dir, kind)
-    if need_eval or need_bench:
+    need_agree = bool(cfg.agree.enabled) and not agreement.is_complete(run_dir, kind)
+    runs.update_run_json(run_dir, agree={"skipped": None if cfg.agree.enabled else "agree.enabled=false"})
+    if need_eval or need_bench or need_agree:
         log = serving.serve_dir(run_dir, kind) / "server.log"
         with contextlib.ExitStack() as stack:  # leaving it stops a server started here
             endpoint = stage("serve", lambda: stack.enter_context(serving.server_for(cfg, run_dir, kind)), str(log))
@@ -113,8 +116,12 @@ def run_all(overrides: list[str], run: str | None = None, fresh: bool = False, k
                 stage("eval", lambda: evaluate.evaluate(cfg, run_dir, kind, endpoint), str(run_dir / "bfcl" / kind))
             if need_bench:
                 stage("bench", lambda: benchmark.bench(cfg, run_dir, kind, endpoint), str(run_dir / "bench" / kind))
+            if need_agree:  # training and serving must agree, or the chain stops here
+                stage("agree", lambda: agreement.agree(cfg, run_dir, kind, endpoint, adapter_now=False), str(run_dir / "agree.json"))
+        if need_agree:  # adapter = merged needs the adapter server: after the merged one has stopped
+            stage("agree_adapter", lambda: agreement.finish_adapter(cfg, run_dir), str(run_dir / "agree.json"))
     else:
-        print("[all] eval and bench outputs complete: skipped")
+        print("[all] eval, bench and agree outputs complete: skipped")
 
     # 6. Report: always regenerated from the files (cheap, never stale).
     path = stage("report", lambda: report.write_report(cfg, run_dir), str(run_dir))

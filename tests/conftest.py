@@ -90,13 +90,17 @@ def stop_server(run: Path, kind: str) -> None:
     make("stop", f"RUN={run.name}", f"MODEL={kind}", check=False)
 
 
-@pytest.fixture(scope="session")
-def merged_run(trained_run) -> Path:
-    """A DoRA run merged with `make merge` (once per session)."""
-    run = trained_run("dora")
+def merge_once(run: Path) -> Path:
+    """`make merge` a run unless its merged/ exists already."""
     if not (run / "merged" / "config.json").exists():
         make("merge", f"RUN={run.name}")
     return run
+
+
+@pytest.fixture(scope="session")
+def merged_run(trained_run) -> Path:
+    """A DoRA run merged with `make merge` (once per session)."""
+    return merge_once(trained_run("dora"))
 
 
 @pytest.fixture(scope="session")

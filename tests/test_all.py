@@ -28,7 +28,9 @@ def test_every_stage_wrote_its_outputs(chain):
         assert read_json(run / "bench" / "merged" / "latest" / f"summary_{level}.json")["requests"]["total"] == 12
     assert (run / "report.md").stat().st_size > 0
     timings = info["pipeline"]["last_timings_s"]
-    assert set(timings) >= {"train", "merge", "serve", "eval", "bench", "report"}
+    assert set(timings) >= {"train", "merge", "serve", "eval", "bench", "agree", "agree_adapter", "report"}
+    agree = read_json(run / "agree.json")  # served loss = trained loss; DoRA: peft model = merged folder
+    assert agree["loss"]["ok"] and "DoRA" in agree["adapter_vs_merged"]["how"]
     # the server the chain started is gone, and the output says where everything is
     assert not (run / "serve" / "merged" / "server.pid").exists()
     assert str(run) in first.stdout and "make ui" in first.stdout
@@ -45,7 +47,8 @@ def test_report_numbers_equal_the_files(chain):
     for level in ("c1", "c4"):
         tput = read_json(run / "bench" / "merged" / "latest" / f"summary_{level}.json")["throughput"]
         assert f"{tput['requests_per_s']:.2f}" in report and f"{tput['output_tokens_per_s']:.1f}" in report
-    for section in ("## 1. Training", "## 2. BFCL", "## 3. Serving", "## 4. Cost", "## 5. Environment"):
+    assert f"{read_json(run / 'agree.json')['loss']['served_eval_loss']:.5f}" in report
+    for section in ("## 1. Training", "## 2. BFCL", "## 3. Serving", "## 4. Cost", "## 5. Environment", "## 6. Agreement"):
         assert section in report
 
 
@@ -63,10 +66,11 @@ def test_mlflow_experiment_holds_train_eval_and_bench_runs(chain):
 
 def test_rerun_resumes_and_skips_complete_stages(chain):
     results, run, _, env = chain
-    second = make("all", "METHOD=dora", hydra_args(*SHORT_TRAIN, "bench.concurrency=[1,4]", "bench.num_requests=12"),
-                  env=env, timeout=1200)
+    second = make("all", "METHOD=dora", hydra_args(*SHORT_TRAIN, "bench.concurrency=[1,4]", "bench.num_requests=12",
+                                                   "agree.enabled=false"), env=env, timeout=1200)
     assert f"resuming {run}" in second.stdout
-    for stage in ("train", "merge", "serve", "eval", "bench"):
+    for stage in ("train", "merge", "serve", "eval", "bench", "agree"):
         assert f"===== [{stage}]" not in second.stdout, stage
+    assert "**skipped** (agree.enabled=false)" in (run / "report.md").read_text()
     assert "===== [report]" in second.stdout
     assert sorted(p.name for p in results.iterdir() if p.is_dir() and not p.is_symlink() and (p / "run.json").exists()) == [run.name]

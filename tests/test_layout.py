@@ -17,7 +17,7 @@ LAYERS = (
     ("models",),
     ("tracking",),
     ("train", "serve"),
-    ("bfcl", "bench"),
+    ("bfcl", "bench", "agree"),
     ("report", "cluster"),
     ("pipeline",),
 )

@@ -100,7 +100,10 @@ def _bench(cfg, run_dir, kind, info, parent, tracker, endpoint, endpoint_url) ->
                                   num_requests=int(b.num_requests), duration_s=float(b.duration_s),
                                   warmup=int(b.warmup_requests), workload=cfg.workload, slo=b.slo,
                                   seed=int(cfg.workload.seed), api_key=ep.api_key, timeout_s=float(b.request_timeout_s))
+        fps = serving.served_fingerprints(run_dir, ep.kind)
         for s in summaries:
+            s["fingerprints"] = fps  # what the numbers were measured against
+            runs.write_json_atomic(out / f"summary_{s['label']}.json", {**runs.read_json(out / f"summary_{s['label']}.json"), "fingerprints": fps})
             step = int(s["concurrency"] or 0) if mode == "closed" else int(round(s["rate"] * 1000))
             tracker.log_metrics({f"bench/{k}": v for k, v in flat_level_metrics(s).items()}, step=step)
         tracker.log_artifacts([p for p in sorted(out.glob("*")) if p.is_file()])

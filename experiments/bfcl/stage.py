@@ -121,6 +121,8 @@ def _evaluate(cfg, run_dir, kind, info, out, tracker, endpoint, endpoint_url) ->
                                quick_per_category=cfg.bfcl.quick_per_category, seed=int(cfg.bfcl.get("seed", 0)),
                                api_key=ep.api_key, temperature=float(cfg.bfcl.temperature))
             held = ask_heldout(cfg, run_dir, kind, ep) if not endpoint_url else None
+        summary = {**runs.read_json(out / "summary.json"), "fingerprints": serving.served_fingerprints(run_dir, ep.kind)}
+        runs.write_json_atomic(out / "summary.json", summary)
         base_summary = out_dir(run_dir, "base") / "summary.json"
         if kind != "base" and base_summary.exists() and runs.read_json(base_summary).get("category_set") == cfg.bfcl.name:
             summary = attach_baseline(out / "summary.json", base_summary)

@@ -26,11 +26,12 @@ from omegaconf import DictConfig
 
 from experiments.core import runs
 from experiments.core.config import ConfigError, compose
-from experiments.report import bfcl, cost, environment, learning, serving, training
+from experiments.report import agreement, bfcl, cost, environment, learning, serving, training
 from experiments.report.common import REPORT, ReportError, run_accelerator
 from experiments.report.files import bfcl_summary, gather, load_run
 
-SECTIONS = (training.section, bfcl.section, learning.section, serving.section, cost.section, environment.section)
+SECTIONS = (training.section, bfcl.section, learning.section, serving.section, cost.section, environment.section,
+            agreement.section)
 
 
 def header(d: dict) -> list[str]:

@@ -192,6 +192,24 @@ def select_runs(subject: dict, everything: Sequence[dict], named: Sequence[str] 
     return sorted(latest.values(), key=lambda i: (i != sid, i)), rule
 
 
+def agreement_files(run_dir: Path, info: dict, kind: str) -> dict:
+    """Fingerprints every stage recorded, the parser round trip, agree.json (section 6)."""
+    run_dir = Path(run_dir)
+    stages = {}
+    bfcl = bfcl_summary(run_dir, kind)
+    if bfcl and bfcl.get("fingerprints"):
+        stages[f"eval ({kind})"] = bfcl["fingerprints"]
+    bench = sorted((run_dir / "bench" / kind).glob("summary_*.json"))
+    fps = [read_json_or_none(p) or {} for p in bench]
+    if fps and fps[-1].get("fingerprints"):
+        stages[f"bench ({kind})"] = fps[-1]["fingerprints"]
+    data_report = read_json_or_none(run_dir / "data" / "data_report.json") or {}
+    return {"train": info.get("fingerprints"), "merge": (info.get("merge") or {}).get("fingerprints"),
+            "stages": stages, "roundtrip": data_report.get("parser_roundtrip"),
+            "agree": read_json_or_none(run_dir / "agree.json"),
+            "agree_skipped": (info.get("agree") or {}).get("skipped")}
+
+
 def gather(cfg: DictConfig, run_dir: Path, named: Sequence[str] | None = None) -> dict:
     """Read every file the report shows into one dict (the only I/O before rendering)."""
     results = Path(cfg.paths.results)
@@ -232,4 +250,5 @@ def gather(cfg: DictConfig, run_dir: Path, named: Sequence[str] | None = None) -
         "versions": {env: venv_versions(venv, env) for env in ("train", "serve", "eval")},
         "git": git_state(), "hardware": hardware(), "named": list(named or []),
         "plots_dir": str(cfg.report.plots_dir),
+        "agreement": agreement_files(subject["dir"], subject["info"], kind),
     }

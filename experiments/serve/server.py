@@ -25,7 +25,7 @@ from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.core import envs
+from experiments.core import envs, fingerprint
 from experiments.core import runs
 from experiments.core.procs import bearer, healthy, port_free, process_alive, stop_group
 
@@ -99,6 +99,32 @@ def what_to_serve(run_dir: Path, kind: str) -> tuple[str, str, tuple[str, str] |
     return info["model_path"], names["base"], None
 
 
+def check_served_folder(cfg: DictConfig, run_dir: Path, model_path: str) -> dict:
+    """The served folder's template/tokenizer against the run's training fingerprints.
+    Refuses (ServeError naming both digests and files) unless serve.allow_template_mismatch=true;
+    returns {folder digests, "run": the run's, "mismatches": [...]} for endpoint.json."""
+    expected = runs.read_json(Path(run_dir) / runs.RUN_JSON).get("fingerprints")
+    if not Path(model_path).is_dir():
+        return {"unchecked": f"{model_path} is not a local folder"}
+    actual = fingerprint.fingerprints(Path(model_path))
+    problems = fingerprint.mismatches(expected or {}, actual)
+    if problems and not cfg.serve.get("allow_template_mismatch"):
+        raise ServeError(f"refusing to serve {model_path}: " + "; ".join(problems)
+                         + ". Serve the folder the run trained with, or pass ARGS=\"serve.allow_template_mismatch=true\"")
+    if problems:
+        print("[serve] warning (serve.allow_template_mismatch=true): " + "; ".join(problems), flush=True)
+    return {**fingerprint.summary(actual), "run": fingerprint.summary(expected), "mismatches": problems}
+
+
+def served_fingerprints(run_dir: Path, kind: str) -> dict:
+    """What a stage ran against: the fingerprints `make serve` recorded in endpoint.json
+    (an external ENDPOINT= has none)."""
+    path = serve_dir(run_dir, kind) / "endpoint.json" if kind in MODEL_KINDS else None
+    if path is None or not path.exists():
+        return {"unchecked": f"no endpoint.json for MODEL={kind} (external endpoint)"}
+    return runs.read_json(path).get("fingerprints") or {"unchecked": "the server recorded no fingerprints"}
+
+
 def _log_tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
@@ -113,6 +139,7 @@ def start_server(cfg: DictConfig, run_dir: Path, kind: str) -> Endpoint:
     if existing is not None:
         return existing
     model_path, name, lora = what_to_serve(run_dir, kind)
+    fps = check_served_folder(cfg, run_dir, model_path)
     serve = cfg.serve
     if not port_free(serve.host, int(serve.port)):
         raise ServeError(f"serve.port={serve.port}: {serve.host}:{serve.port} is already in use; "
@@ -144,7 +171,7 @@ def start_server(cfg: DictConfig, run_dir: Path, kind: str) -> Endpoint:
         time.sleep(1.0)
     info = {**asdict(endpoint), "api_key": None, "api_key_env": str(serve.api_key_env) if api_key else None,
             "served_names": [name] + ([lora[0]] if lora else []), "model_path": model_path,
-            "startup_s": round(time.time() - started, 1), "command": cmd, "log": str(log_path)}
+            "startup_s": round(time.time() - started, 1), "command": cmd, "log": str(log_path), "fingerprints": fps}
     runs.write_json_atomic(sdir / "endpoint.json", info)
     return Endpoint(**{**asdict(endpoint), "api_key": api_key})
 

@@ -66,7 +66,7 @@ class RunRecorderPlugin(BasePlugin):
         from experiments.tracking.client import guard_mlflow_callbacks
 
         guard_mlflow_callbacks(trainer)  # a tracking server going away must not kill the training
-        return [_RecorderCallback(trainer, cfg.output_dir)]
+        return [_RecorderCallback(trainer, cfg.output_dir, cfg)]
 
 
 def _recorder_callback_base():
@@ -76,9 +76,10 @@ def _recorder_callback_base():
 
 
 class _RecorderCallback(_recorder_callback_base()):
-    def __init__(self, trainer, output_dir):
+    def __init__(self, trainer, output_dir, cfg=None):
         self.trainer = trainer
         self.output_dir = output_dir
+        self.cfg = cfg
         self.rank = int(os.environ.get("RANK", "0"))
 
     def _write_rank(self, state, phase):
@@ -120,6 +121,11 @@ class _RecorderCallback(_recorder_callback_base()):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._write_rank(state, "end")
+        if state.is_world_process_zero and self.trainer.eval_dataset is not None:
+            try:
+                _write_eval_split(self.trainer, self.cfg, state, self.output_dir)
+            except Exception as exc:  # noqa: BLE001 - `make agree` reports the missing file
+                print(f"[RunRecorderPlugin] eval split not recorded: {type(exc).__name__}: {exc}")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         import json
@@ -131,6 +137,45 @@ class _RecorderCallback(_recorder_callback_base()):
         row = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
         with open(os.path.join(self.output_dir, "train_log.jsonl"), "a") as f:
             f.write(json.dumps(row, default=float) + "\n")
+
+
+EVAL_SPLIT = "eval_split.json"
+
+
+def _write_eval_split(trainer, cfg, state, output_dir) -> None:
+    """`<output_dir>/eval_split.json`: the held-out rows the trainer evaluated on (token ids and
+    labels as Axolotl prepared them, and the line of data/train.jsonl each came from), the batches
+    its eval loop formed (lists of packed sequences, each a list of row indices) and which eval loss
+    belongs to the saved weights. `make agree` recomputes that loss from the served model."""
+    import json
+
+    from experiments.data import toolace
+
+    ds, tok = trainer.eval_dataset, trainer.processing_class
+    lines = open(cfg.datasets[0]["path"]).read().splitlines() if cfg is not None else []
+    rendered = {}
+    for n, line in enumerate(lines):
+        row = toolace.to_native(json.loads(line))
+        rendered.setdefault(tok.apply_chat_template(row["messages"], tools=row["tools"] or None, tokenize=False), n)
+    rows = []
+    for i in range(len(ds)):
+        ids = list(ds[i]["input_ids"])
+        rows.append({"index": i, "line": rendered.get(tok.decode(ids, skip_special_tokens=False)),
+                     "input_ids": ids, "labels": list(ds[i]["labels"])})
+    batches = []
+    for batch in trainer.get_eval_dataloader().batch_sampler:
+        batches.append([b if isinstance(b, list) else [b] for b in batch])
+    with_best = bool(trainer.args.load_best_model_at_end and state.best_metric is not None)
+    info = {"rows": rows, "batches": batches, "sample_packing": bool(getattr(trainer.args, "eval_sample_packing", False)
+                                                                     and getattr(trainer.args, "sample_packing", False)),
+            "global_step": state.global_step, "load_best_model_at_end": bool(trainer.args.load_best_model_at_end),
+            "best_metric": state.best_metric, "best_global_step": getattr(state, "best_global_step", None),
+            "saved_weights_eval_loss": state.best_metric if with_best else None,
+            "metric_for_best_model": trainer.args.metric_for_best_model}
+    path = os.path.join(output_dir, EVAL_SPLIT)
+    with open(path + ".tmp", "w") as f:
+        json.dump(info, f)
+    os.replace(path + ".tmp", path)
 
 
 def _len_or_none(obj):

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from experiments.core import envs
-from experiments.core import runs
+from experiments.core import fingerprint, runs
 from experiments.core.config import ConfigError, compose
 from experiments.tracking.client import TrackingError, check_reachable, client_for
 
@@ -57,10 +57,18 @@ def merge(run_dir: Path, venv: Path) -> Path:
     for name in TOKENIZER_FILES:  # a hub base has no local folder: then the merge's own copy stands
         if not (out / name).exists() and (base / name).exists():
             shutil.copy2(base / name, out / name)
+    try:  # the merged folder must render and tokenize like training did
+        fp = fingerprint.check_folder(info.get("fingerprints"), out, "the merged model")
+    except fingerprint.FingerprintError as exc:
+        raise MergeError(f"{exc} (scratch copy left in {out})") from None
+    fp["weights"] = fingerprint.weights_digest(out)
     out.rename(merged)
     shutil.rmtree(scratch, ignore_errors=True)
     wall = round(time.time() - start, 2)
-    runs.update_run_json(run_dir, stages={"merge": "done"}, merge={"path": str(merged), "wall_time_s": wall})
+    fp = {**fp, "chat_template_file": fp["chat_template_file"].replace(str(out), str(merged)),
+          "tokenizer_files": [f.replace(str(out), str(merged)) for f in fp["tokenizer_files"]]}
+    runs.update_run_json(run_dir, stages={"merge": "done"},
+                         merge={"path": str(merged), "wall_time_s": wall, "fingerprints": fp})
     print(f"[merge] {merged} ({wall} s)")
     return merged
 
@@ -72,6 +80,8 @@ def record_in_mlflow(run_dir: Path) -> None:
     check_reachable(uri)
     client = client_for(uri)
     client.set_tag(mlrun, "merged_path", info["merge"]["path"])
+    if info["merge"].get("fingerprints"):
+        client.set_tag(mlrun, "fp.merged_weights", info["merge"]["fingerprints"]["weights"])
     client.log_metric(mlrun, "merge/wall_time_s", info["merge"]["wall_time_s"])
 
 

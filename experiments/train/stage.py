@@ -26,6 +26,7 @@ from experiments.data.mix import MixError
 from experiments.data.sources import DataFileError
 from experiments.data import heldout
 from experiments.data.heldout import HELDOUT_FILE
+from experiments.train import agreement
 from experiments.train.axolotl_config import CombinationError, build_axolotl_config
 from experiments.core.config import ConfigError, compose, world_size
 from experiments.train.launcher import check_launcher, launch_command, launch_script, read_rank_records, verify_ranks
@@ -90,7 +91,7 @@ def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
              if len(report["sources"]) > 1 else "")
           + (f"; BFCL overlap: {report['decontamination']['rows_overlapping']} rows"
              f" ({report['decontamination']['rows_dropped']} dropped)" if "decontamination" in report else ""))
-    return split_heldout(cfg, data_dir, report)
+    return agreement.check_roundtrip(cfg, data_dir, split_heldout(cfg, data_dir, report))
 
 
 def split_heldout(cfg: DictConfig, data_dir: Path, report: dict) -> dict:
@@ -111,6 +112,8 @@ def split_heldout(cfg: DictConfig, data_dir: Path, report: dict) -> dict:
     runs.write_json_atomic(data_dir / "data_report.json", report)
     print(f"[train] data: {len(held)} rows held out (never trained on), {len(train_rows)} to train")
     return report
+
+
 def preview_data(cfg: DictConfig, planned: Path) -> None:
     """Read and convert the data before any run folder exists: a missing or malformed file fails
     here naming the file (and line); no usable row writes results/data_reports/<run>.json and stops."""
@@ -130,7 +133,6 @@ def preview_data(cfg: DictConfig, planned: Path) -> None:
             raise StageError(f"data={cfg.data.name} ({cfg.data.get('path') or cfg.data.get('hf_id') or 'mix'}) {what}"
                              + (f" (rejected: {kinds})" if kinds else "")
                              + f"; why each row was rejected: {report_path}") from None
-    return report
 
 
 def record_packing(cfg: DictConfig, ax: dict, run_dir: Path, tracker) -> None:
@@ -349,6 +351,7 @@ def _run_training(cfg: DictConfig, run_dir: Path, ax: dict, tracker: Tracker, cm
                              + f"; log: {run_dir / 'train.log'}")
         check_distributed(cfg, run_dir / "adapter", run_dir / "train_metrics.json")
         record_packing(cfg, ax, run_dir, tracker)
+        agreement.record_fingerprints(run_dir, cfg.model.path, tracker)
         status = "FINISHED"
     finally:
         runs.record_stage(run_dir, "train", "done" if status == "FINISHED" else "failed")
@@ -438,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             train(args)
     except (ConfigError, CombinationError, TrackingError, runs.RunError, StageError, FileNotFoundError,
-            DataFileError) as exc:
+            DataFileError, agreement.RoundTripError) as exc:
         print(f"[train] error: {exc}", file=sys.stderr)
         return 2
     return 0
