@@ -96,7 +96,7 @@ bench: env-eval env-serve ## Load test: make bench [RUN=...] [MODEL=...] [CONC=3
 	@$(PY) experiments.bench.stage $(STAGE_OPTS) $(HYDRA) $(if $(value CONC),'bench.concurrency=[$(call v,CONC)]') $(if $(value RATE),'bench.rate=[$(call v,RATE)]')
 
 agree: env-eval env-serve ## Served loss = trained loss, adapter = merged: make agree [RUN=...] [MODEL=merged]
-	@$(EVAL_PY) -m experiments.agree.stage $(STAGE_OPTS) $(HYDRA) $(ARGS)
+	@$(PY) experiments.agree.stage $(STAGE_OPTS) $(HYDRA)
 
 report: env-eval ## Write results/<run>/report.md from the run's files: make report [RUN=...] [RUNS=a,b]
 	@$(PY) experiments.report $(call opt,RUN,--run=) $(call opt,RUNS,--runs=) $(HYDRA)
