@@ -80,7 +80,7 @@ def test_model_group_carries_its_limits():
     assert smol.serve.max_model_len == 8192 and smol.axolotl.sequence_len == 1024
     assert '{"max_new_tokens": 192}' in smol.serve.extra_args
     assert tiny.serve.max_model_len == 16384 and '{"max_new_tokens": 64}' in tiny.serve.extra_args
-    assert compose(["profile=h100"]).axolotl.sequence_len == 4096 and compose(["profile=h100"]).serve.extra_args == []
+    assert compose(["profile=h100"]).axolotl.sequence_len == 4096 and compose(["profile=h100"]).serve.extra_args == ["--generation-config", "vllm"]
     assert compose(["profile=cpu", "model=smol", "serve.max_model_len=4096"]).serve.max_model_len == 4096
     assert smol.model.build == "experiments.models.smol" and tiny.model.build == "experiments.models.tiny_model"
 

@@ -97,7 +97,7 @@ def test_random_models_are_qwen_shaped_tiny_model_builds(name, hidden, layers):
     from experiments.models.tiny_model import DEFAULTS
 
     model = compose([f"model={name}"]).model
-    assert model.build == "tiny" and set(model.shape) <= set(DEFAULTS)
+    assert model.build == "experiments.models.tiny_model" and set(model.shape) <= set(DEFAULTS)
     assert model.shape.hidden_size == hidden and model.shape.num_hidden_layers == layers
     assert model.shape.hidden_size // model.shape.num_attention_heads == 128  # Qwen2.5's head_dim
 

@@ -3,6 +3,7 @@ bad ones fail in seconds with one line naming the value, before anything is crea
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ def test_args_with_shell_syntax_are_inert(kind, tmp_path):
     elapsed = time.monotonic() - started
     assert not marker.exists(), f"{kind}: the shell ran it"
     assert proc.returncode != 0
-    ours = [line for line in proc.stderr.strip().splitlines() if not line.startswith("make: ***")]
+    ours = [line for line in proc.stderr.strip().splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)]
     last = ours[-1]
     assert len(ours) == 1 and last.startswith("[train] error:") and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not results.exists() or not any(results.glob("*/run.json")), "a run folder was created"
@@ -41,7 +42,7 @@ def test_other_user_values_are_inert(tmp_path):
     proc = make("eval", f"RUN=x;touch {marker}", f"ENDPOINT=http://127.0.0.1:1/v1`touch {marker}`",
                 env={"RESULTS_DIR": str(tmp_path / "results")}, check=False, timeout=300)
     assert not marker.exists() and proc.returncode != 0
-    ours = [line for line in proc.stderr.strip().splitlines() if not line.startswith("make: ***")]
+    ours = [line for line in proc.stderr.strip().splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)]
     assert len(ours) == 1 and ours[0].startswith("[eval] error:"), proc.stderr[-2000:]
 
 
@@ -59,7 +60,7 @@ def _fails_fast(target: str, *args: str, results: Path) -> tuple[str, float]:
     started = time.monotonic()
     proc = make(target, *args, env={"RESULTS_DIR": str(results)}, check=False, timeout=600)
     elapsed = time.monotonic() - started
-    ours = [line for line in proc.stderr.strip().splitlines() if not line.startswith("make: ***")]
+    ours = [line for line in proc.stderr.strip().splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)]
     assert proc.returncode == 2 and len(ours) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     print(f"{target} {' '.join(args)}: {elapsed:.1f} s: {ours[0][:200]}")
     return ours[0], elapsed

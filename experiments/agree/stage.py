@@ -67,7 +67,7 @@ def compare_tokens(ep, split: dict, lines: list[str], chat_template: str | None 
     tokens, first = {}, None
     for row in split["rows"]:
         if row["line"] is None:
-            raise AgreeError(f"eval row {row['index']}: its text matches no line of data/train.jsonl")
+            raise AgreeError(f"eval row {row['index']}: its text matches no line of data/train.jsonl or data/heldout.jsonl")
         ids = served.tokenize_chat(ep, json.loads(lines[row["line"]]), chat_template)
         tokens[row["index"]] = ids
         pos = L.first_difference(row["input_ids"], ids)
@@ -81,11 +81,18 @@ def compare_tokens(ep, split: dict, lines: list[str], chat_template: str | None 
     return tokens, first
 
 
+def data_lines(run_dir: Path) -> list[str]:
+    """data/train.jsonl then data/heldout.jsonl (Axolotl evaluates on the held-out split when the
+    run has one): the lines an eval row's text is looked up in."""
+    files = [run_dir / "data" / "train.jsonl", run_dir / "data" / "heldout.jsonl"]
+    return [line for f in files if f.is_file() for line in f.read_text().splitlines()]
+
+
 def check_loss(cfg: DictConfig, run_dir: Path, kind: str, ep, chat_template: str | None = None) -> dict:
     """Check 1 (see the module doc) -> agree.json's `loss` part; never raises on a disagreement."""
     split = load_split(run_dir)
     metrics = runs.read_json(run_dir / "train_metrics.json")
-    lines = (run_dir / "data" / "train.jsonl").read_text().splitlines()
+    lines = data_lines(run_dir)
     ax = yaml.safe_load((run_dir / "axolotl.yaml").read_text())
     start = time.time()
     tokens, first = compare_tokens(ep, split, lines, chat_template)
