@@ -152,7 +152,9 @@ def _write_eval_split(trainer, cfg, state, output_dir) -> None:
     from experiments.data import toolace
 
     ds, tok = trainer.eval_dataset, trainer.processing_class
-    lines = open(cfg.datasets[0]["path"]).read().splitlines() if cfg is not None else []
+    # data/train.jsonl then data/heldout.jsonl (Axolotl's test_datasets): `make agree` reads the same order
+    paths = [d["path"] for d in [*(cfg.datasets or [])[:1], *(cfg.get("test_datasets") or [])[:1]]] if cfg is not None else []
+    lines = [line for p in paths for line in open(p).read().splitlines()]
     rendered = {}
     for n, line in enumerate(lines):
         row = toolace.to_native(json.loads(line))
