@@ -13,7 +13,6 @@ weight bytes / HBM bandwidth; the ratio is that bound over the measured time per
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
