@@ -3,7 +3,9 @@ DoRA run merged, scored on BFCL quick and load-tested on the real vLLM server). 
 report shows is checked against the file it says it comes from, read here independently."""
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -242,8 +244,23 @@ def test_every_embedded_plot_exists_and_is_a_png(two_methods):
 
 # ---------------------------------------------------------------- missing data, compare
 
+def trained_only(run: Path) -> Path:
+    """A copy of a trained run without what later stages wrote (other tests merge and serve the original)."""
+    later = ("merged", "merge.log", "serve", "bench", "bfcl", "bfcl_checkpoints", "agree", "agree.json",
+             "report.md", "report", "gpu_smoke.json")
+    copy = run.parent / f"{run.name}-trained-only"
+    if not copy.exists():
+        shutil.copytree(run, copy, symlinks=True, ignore=shutil.ignore_patterns(*later))
+        info = read_json(copy / "run.json")
+        info.pop("comparison", None)  # not a member of the session's comparison (make compare reuses members)
+        info["run_id"] = copy.name
+        info["stages"] = {"train": info["stages"]["train"]}
+        (copy / "run.json").write_text(json.dumps(info, indent=2))
+    return copy
+
+
 def test_report_without_bench_names_the_command_and_shows_no_serving_numbers(trained_run):
-    run = trained_run("qlora")  # trained only: no merge, eval or bench
+    run = trained_only(trained_run("qlora"))  # trained only: no merge, eval or bench
     proc = make("report", f"RUN={run.name}")
     assert str(run / "report.md") in proc.stdout
     text = (run / "report.md").read_text()

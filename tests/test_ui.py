@@ -101,7 +101,7 @@ def test_every_comparison_run_is_in_one_experiment_with_its_tags(ui, compared, c
     for run in found:  # train, and eval/bench when this session made them: all tagged alike
         tags = tags_of(run)
         assert all(tags.get(t) for t in TAGS), tags
-        assert tags["stage"] in ("train", "eval", "bench")
+        assert tags["stage"] in ("train", "eval", "bench", "agree")
     for run_dir in compared:
         info = read_json(run_dir / "run.json")
         train = [r for r in found if tags_of(r)["stage"] == "train" and tags_of(r)["training_run"] == run_dir.name]
