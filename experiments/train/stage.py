@@ -79,7 +79,13 @@ def ensure_model(cfg: DictConfig) -> None:
 def prepare_data(cfg: DictConfig, data_dir: Path) -> dict:
     """The data config's source(s) -> data/train.jsonl in the model's native tool format + data_report.json."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    counter = prepare.token_counter(cfg.model.path) if data.get("count_tokens", True) else None
+    counter = None
+    if data.get("count_tokens", True):
+        try:
+            counter = prepare.token_counter(cfg.model.path)
+        except (OSError, ValueError) as exc:  # no tokenizer reachable: the counts are optional, training is not
+            print(f"[train] no token counts in data_report.json: tokenizer of {cfg.model.path} not loadable ({exc})",
+                  file=sys.stderr)
     try:
         report = prepare.prepare(data, data_dir, count_tokens=counter, decontaminate=prepare.bfcl_check(data),
                                  sequence_len=cfg.axolotl.get("sequence_len"))
