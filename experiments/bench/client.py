@@ -187,9 +187,10 @@ async def _open(payloads, ids, rate, duration_s, seed, send, on_done) -> list[Re
 
 
 async def run_level_async(endpoint: str, model: str, bodies: Sequence[dict], spec: LoadSpec, *,
-                          headers: dict | None = None, progress: bool = True) -> LevelResult:
+                          headers: dict | None = None, progress: bool = True, monitor=None) -> LevelResult:
     """bodies: spec.warmup warm-up bodies first, then the measured ones (reused cyclically
-    when num_requests exceeds them)."""
+    when num_requests exceeds them). monitor: an object with async start()/stop(), started after
+    the warm-up and stopped after the last measured request (server_metrics.Scraper)."""
     url = chat_url(endpoint)
     warm, measured = list(bodies[: spec.warmup]), list(bodies[spec.warmup:])
     if not measured:
@@ -224,6 +225,8 @@ async def run_level_async(endpoint: str, model: str, bodies: Sequence[dict], spe
                 bar.set_postfix(errors=failures, refresh=False)
 
         t_start = time.time()
+        if monitor is not None:
+            await monitor.start()
         try:
             if spec.mode == "closed":
                 records = await _closed(payloads, ids, spec.concurrency, spec.duration_s, send, on_done)
@@ -231,6 +234,8 @@ async def run_level_async(endpoint: str, model: str, bodies: Sequence[dict], spe
                 records = await _open(payloads, ids, spec.rate, spec.duration_s, spec.seed, send, on_done)
         finally:
             bar.close()
+            if monitor is not None:
+                await monitor.stop()
     records.sort(key=lambda r: r.start)
     return LevelResult(spec=spec, records=records, warmup_failed=warm_failed,
                        meta={"started_unix": t_start, "url": url, "model": model})

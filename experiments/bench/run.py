@@ -7,6 +7,8 @@ Outputs in out_dir (every file written to a temp name, then os.replace):
   sweep.csv, sweep.md   one row per level
   latency.png           TTFT / TPOT / ITL / E2E percentiles against concurrency (or rate)
   throughput.png        output tokens/s, requests/s, goodput and error rate against load
+  server_metrics_<label>.jsonl, server_metrics.png   the server's /metrics while each level ran
+                        (server_metrics.py; summarised under "server" in each summary)
 <label> is c<concurrency> (closed loop) or r<rate> (open loop).
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import pandas as pd
 
-from experiments.bench import metrics
+from experiments.bench import metrics, server_metrics as srv
 from experiments.bench.client import LoadSpec, auth_headers, run_level
 from experiments.bench.records import RequestRecord
 from experiments.bench.workloads import build_requests
@@ -34,7 +36,9 @@ SWEEP_COLUMNS = {  # flattened summary key -> sweep table header
     "ttft_ms_p99": "TTFT p99 ms", "tpot_ms_mean": "TPOT mean ms", "tpot_ms_p99": "TPOT p99 ms",
     "itl_ms_median": "ITL p50 ms", "itl_ms_p99": "ITL p99 ms", "e2e_ms_median": "E2E p50 ms",
     "e2e_ms_p99": "E2E p99 ms", "goodput_fraction": "goodput", "littles_law_mean_concurrency": "L",
-    "littles_law_ok": "Little ok",
+    "littles_law_ok": "Little ok", "server_requests_waiting_max": "srv waiting max",
+    "server_kv_cache_usage_max": "srv KV max", "server_queue_time_mean_ms": "srv queue ms",
+    "server_checks_tokens_match": "tokens match",
 }
 
 
@@ -42,7 +46,8 @@ def run_bench(endpoint_url: str, model_name: str, out_dir: str | Path, *, mode: 
               concurrencies: Sequence[int] = (16,), rate: float | Sequence[float] | None = None,
               num_requests: int = 100, duration_s: float | None = None, warmup: int = 0,
               workload: Mapping[str, Any], slo: Mapping[str, Any] | None = None, seed: int = 0,
-              api_key: str | None = None, timeout_s: float = 120.0, progress: bool = True) -> list[dict]:
+              api_key: str | None = None, timeout_s: float = 120.0, progress: bool = True,
+              server_metrics: Mapping[str, Any] | None = None) -> list[dict]:
     """Run every level (each concurrency, or each rate in open loop) and write the outputs.
 
     Each level gets its own slice of the seeded workload (warm-up bodies first), so no level
@@ -56,10 +61,11 @@ def run_bench(endpoint_url: str, model_name: str, out_dir: str | Path, *, mode: 
                         warmup=warmup, timeout_s=timeout_s, seed=seed)
     per_level = warmup + num_requests
     bodies = build_requests(workload, per_level * len(specs))
-    summaries = []
+    summaries, scrapes = [], {}
     for k, spec in enumerate(specs):
+        monitor = srv.scraper_for(endpoint_url, _plain(server_metrics), auth_headers(api_key))
         result = run_level(endpoint_url, model_name, bodies[k * per_level:(k + 1) * per_level], spec,
-                           headers=auth_headers(api_key), progress=progress)
+                           headers=auth_headers(api_key), progress=progress, monitor=monitor)
         summary = metrics.summarize(
             result.records, slo_ttft_ms=slo.get("ttft_ms"), slo_e2e_ms=slo.get("e2e_ms"),
             target_concurrency=spec.concurrency if spec.mode == "closed" else None,
@@ -70,11 +76,17 @@ def run_bench(endpoint_url: str, model_name: str, out_dir: str | Path, *, mode: 
                                 "warmup": warmup, "warmup_failed": result.warmup_failed,
                                 "timeout_s": timeout_s, "seed": seed, "workload": workload},
                    "started_unix": result.meta["started_unix"], **summary}
+        if monitor is not None:
+            summary.update(srv.level_outputs(out_dir, spec.label, monitor.scrapes, summary))
+            scrapes[spec.label] = monitor.scrapes
         write_records(out_dir / f"records_{spec.label}.csv", result.records)
         with _atomic(out_dir / f"summary_{spec.label}.json") as tmp:
             tmp.write_text(json.dumps(_json_clean(summary), indent=2, allow_nan=False) + "\n")
         summaries.append(summary)
     write_sweep(out_dir, summaries)
+    fig = srv.timeseries_figure(scrapes)
+    if fig is not None:
+        _save(fig, out_dir / "server_metrics.png")
     return summaries
 
 

@@ -68,7 +68,8 @@ def bench(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoint 
             summaries = run_bench(ep.base_url, ep.model, out, mode=mode, concurrencies=concs or (1,), rate=rates,
                                   num_requests=int(b.num_requests), duration_s=float(b.duration_s),
                                   warmup=int(b.warmup_requests), workload=cfg.workload, slo=b.slo,
-                                  seed=int(cfg.workload.seed), api_key=ep.api_key, timeout_s=float(b.request_timeout_s))
+                                  seed=int(cfg.workload.seed), api_key=ep.api_key, timeout_s=float(b.request_timeout_s),
+                                  server_metrics=b.server_metrics)
         for s in summaries:
             step = int(s["concurrency"] or 0) if mode == "closed" else int(round(s["rate"] * 1000))
             tracker.log_metrics({f"bench/{k}": v for k, v in flat_level_metrics(s).items()}, step=step)

@@ -63,7 +63,7 @@ def bench_outputs(run_dir: Path, kind: str) -> dict | None:
             continue
         levels.append({"label": label, "summary": summary, "records": out / f"records_{label}.csv"})
     return {"dir": out, "levels": levels, "problems": problems,
-            "plots": [p for p in (out / "latency.png", out / "throughput.png") if p.is_file()]}
+            "plots": [p for p in (out / "latency.png", out / "throughput.png", out / "server_metrics.png") if p.is_file()]}
 
 
 def recheck_from_records(level: dict) -> list[str]:

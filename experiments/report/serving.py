@@ -95,6 +95,7 @@ def section(d: dict, plots: dict[str, Path]) -> list[str]:
     add("L = λ·W: attempted requests per second over the level's window times the mean latency; in a closed "
         "loop it must equal the concurrency the client held (the check passes within 10%). W is the mean "
         "E2E of successful requests (all requests succeeded unless the errors column says otherwise).\n")
+    L.extend(server_view_lines(levels))
     L.extend(recheck_notes(bench))
     add("Source: " + ", ".join(code_path(d, bench["dir"] / f"summary_{lv['label']}.json") for lv in levels)
         + f" (from {', '.join(code_path(d, lv['records']) for lv in levels)}).\n")
@@ -117,4 +118,49 @@ def recheck_notes(bench: dict) -> list[str]:
                  + "; ".join(f"{k}: {', '.join(v[:6])}" for k, v in bad.items()) + ".\n")
     if bench["problems"]:
         L.append("Skipped: " + "; ".join(bench["problems"]) + ".\n")
+    return L
+
+
+def _stat(d: dict | None, key: str, decimals: int = 2) -> str:
+    return fmt(None if not d else d.get(key), decimals)
+
+
+def server_view_table(levels: Sequence[dict]) -> pd.DataFrame:
+    """One row per level from its summary's `server` and `server_checks` (server_metrics.py)."""
+    rows = []
+    for lv in levels:
+        srv, chk = lv["summary"].get("server") or {}, lv["summary"].get("server_checks") or {}
+        if not srv.get("available"):
+            continue
+        rows.append({
+            "level": lv["label"], "running mean/max": f"{_stat(srv['requests_running'], 'mean')} / {_stat(srv['requests_running'], 'max', 0)}",
+            "waiting mean/max": f"{_stat(srv['requests_waiting'], 'mean')} / {_stat(srv['requests_waiting'], 'max', 0)}",
+            "KV-cache mean/max": f"{_stat(srv['kv_cache_usage'], 'mean', 4)} / {_stat(srv['kv_cache_usage'], 'max', 4)}",
+            "prefix hit rate": fmt(srv.get("prefix_cache_hit_rate"), 3), "preemptions": fmt(srv.get("preemptions"), 0),
+            "queue ms": _stat(srv.get("queue_time"), "mean_ms"), "prefill ms": _stat(srv.get("prefill_time"), "mean_ms"),
+            "decode ms": _stat(srv.get("decode_time"), "mean_ms"), "server TTFT ms": _stat(srv.get("ttft"), "mean_ms"),
+            "server E2E ms": _stat(srv.get("e2e"), "mean_ms"),
+            "client TTFT ms p50/mean": f"{fmt(chk.get('client_ttft_ms_median'))} / {fmt(chk.get('client_ttft_ms_mean'))}",
+            "out tokens client/server": f"{fmt(chk.get('client_output_tokens'))} / {fmt(chk.get('server_generation_tokens'))}",
+            "tokens match": fmt(chk.get("tokens_match")),
+        })
+    return pd.DataFrame(rows)
+
+
+def server_view_lines(levels: Sequence[dict]) -> list[str]:
+    table = server_view_table(levels)
+    missing = [lv["label"] for lv in levels if not (lv["summary"].get("server") or {}).get("available")]
+    L = ["### Server view (vLLM /metrics during each level)\n"]
+    if table.empty:
+        reasons = {(lv["summary"].get("server") or {}).get("reason", "not scraped (bench.server_metrics.enabled)") for lv in levels}
+        return L + [f"No server metrics: {'; '.join(sorted(reasons))}.\n"]
+    L.append(markdown_table(table))
+    absent = sorted({a for lv in levels for a in (lv["summary"].get("server") or {}).get("absent", [])})
+    L.append("Gauges (running, waiting, KV-cache usage as a fraction) over the scrapes taken while the level ran; "
+             "counters and histograms as final minus baseline scrape, so warm-up requests are excluded; latencies are "
+             "the histograms' means (_sum/_count deltas: vLLM's buckets start at 0.3 s, too coarse for percentiles "
+             "here). The client's TTFT contains the server's queue + prefill and adds HTTP, tokenization and "
+             "streaming; `tokens match` compares the client's usage totals with the generation-token counter "
+             "(exact equality)." + (f" Not exported by this server: {', '.join(absent)}." if absent else "")
+             + (f" Levels without server metrics: {', '.join(missing)}." if missing else "") + "\n")
     return L
