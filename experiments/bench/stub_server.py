@@ -12,6 +12,9 @@ in its body: {"ttft_ms", "itl_ms", "n_tokens", "fault", "tool_call"}. Faults:
   hang                 role chunk, then nothing (the client's timeout fires)
   stream_error         an error object inside the stream, then [DONE]
 --instant: no delays at all, the whole stream in one write (client-overhead benchmark).
+--max-concurrent K: at most K requests in service; one arriving while K are in service gets
+HTTP 503 at once (a loss system: with Poisson arrivals and a fixed latency its refused fraction
+is Erlang's B formula, so its capacity at an SLO is known exactly; capacity-search tests).
 
   python -m experiments.bench.stub_server --port 8150 --ttft-ms 50 --itl-ms 10 --n-tokens 16
 """
@@ -37,6 +40,7 @@ class StubConfig:
     fault: str | None = None
     tool_call: bool = False        # stream tool-call deltas instead of content
     instant: bool = False
+    max_concurrent: int | None = None   # server-wide; None: unlimited
 
 
 def _event(obj) -> bytes:
@@ -88,7 +92,19 @@ def _settings(base: StubConfig, body: dict) -> StubConfig:
 
 
 def make_app(base: StubConfig) -> web.Application:
+    busy = 0
+
     async def chat(request: web.Request) -> web.StreamResponse:
+        nonlocal busy
+        if base.max_concurrent is not None and busy >= base.max_concurrent:
+            return web.json_response({"error": {"message": "stub at max_concurrent", "code": 503}}, status=503)
+        busy += 1
+        try:
+            return await serve(request)
+        finally:
+            busy -= 1
+
+    async def serve(request: web.Request) -> web.StreamResponse:
         arrived = time.perf_counter()
         body = await request.json()
         cfg = _settings(base, body)
@@ -154,9 +170,10 @@ def main(argv=None) -> None:
     p.add_argument("--fault", choices=FAULTS, default=None)
     p.add_argument("--tool-call", action="store_true")
     p.add_argument("--instant", action="store_true")
+    p.add_argument("--max-concurrent", type=int, default=None, help="refuse (503) beyond K in service")
     a = p.parse_args(argv)
     cfg = StubConfig(ttft_s=a.ttft_ms / 1000, itl_s=a.itl_ms / 1000, n_tokens=a.n_tokens or None,
-                     fault=a.fault, tool_call=a.tool_call, instant=a.instant)
+                     fault=a.fault, tool_call=a.tool_call, instant=a.instant, max_concurrent=a.max_concurrent)
     web.run_app(make_app(cfg), host=a.host, port=a.port, access_log=None, print=None,
                 handle_signals=True)
 
