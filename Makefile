@@ -16,6 +16,7 @@ MASTER_ADDR ?=
 BFCL    ?=
 CONC    ?=
 RATE    ?=
+CAPACITY ?=
 ENDPOINT ?=
 METHODS ?=
 COMPARISON ?=
@@ -75,8 +76,8 @@ stop: env-eval ## Stop the server `make serve` started (by its PID): make stop [
 eval: env-eval env-serve ## BFCL with bfcl-eval's checker: make eval [RUN=...] [MODEL=merged|adapter|base] [BFCL=quick|full] [ENDPOINT=url]
 	@$(EVAL_PY) -m experiments.bfcl.stage $(STAGE_OPTS) $(HYDRA) $(if $(BFCL),bfcl=$(BFCL)) $(ARGS)
 
-bench: env-eval env-serve ## Load test: make bench [RUN=...] [MODEL=...] [CONC=32 | CONC=1,4,16,32 | RATE=10] [ENDPOINT=url]
-	@$(EVAL_PY) -m experiments.bench.stage $(STAGE_OPTS) $(HYDRA) $(if $(CONC),bench.concurrency=[$(CONC)]) $(if $(RATE),bench.rate=[$(RATE)]) $(ARGS)
+bench: env-eval env-serve ## Load test: make bench [RUN=...] [MODEL=...] [CONC=32 | CONC=1,4,16,32 | RATE=10 | CAPACITY=1] [ENDPOINT=url]
+	@$(EVAL_PY) -m experiments.bench.stage $(STAGE_OPTS) $(HYDRA) $(if $(CONC),bench.concurrency=[$(CONC)]) $(if $(RATE),bench.rate=[$(RATE)]) $(if $(CAPACITY),bench.mode=capacity) $(ARGS)
 
 report: env-eval ## Write results/<run>/report.md from the run's files: make report [RUN=...] [RUNS=a,b]
 	@$(EVAL_PY) -m experiments.report $(if $(RUN),--run $(RUN)) $(if $(RUNS),--runs $(RUNS)) $(HYDRA) $(ARGS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 import time
@@ -177,3 +178,22 @@ def test_capacity_of_the_loss_stub(loss_stub, tmp_path):
     assert on_disk["capacity_rate"] == res["capacity_rate"]
     sweep = (tmp_path / "sweep.md").read_text()
     assert all(f"| {lv['label']} |" in sweep for lv in res["levels"])
+
+
+def test_report_prices_the_capacity_rate():
+    from experiments.report.serving import capacity_lines, capacity_level
+
+    def brief(rate, label, reasons):
+        return {"rate": rate, "label": label, "reasons": reasons, "goodput_fraction": 1.0 if not reasons else 0.5,
+                "error_rate": 0.0, "requests": 10, "throughput_requests_per_s": rate,
+                **{m: {"median": 1.0, "p90": 2.0, "p99": 3.0} for m in ("ttft_ms", "e2e_ms", "tpot_ms")}}
+    cap = {"at_capacity": brief(4.0, "r4", []), "failed_above": brief(5.0, "r5", ["goodput 0.500 < 0.99"]),
+           "stopped": "bracket", "elapsed_s": 10.0, "requests_sent": 20, "levels": [{}, {}],
+           "criterion": {"goodput_fraction": 0.99, "max_error_rate": 0.01}, "slo": {"ttft_ms": 500, "e2e_ms": 2000}}
+    bench = {"capacity": cap, "levels": [{"label": "r4", "summary": {}}, {"label": "r5", "summary": {}}]}
+    level, note = capacity_level(bench)
+    assert level["label"] == "r4" and "4 req/s" in note and "r5 above it failed: goodput 0.500 < 0.99" in note
+    text = "\n".join(capacity_lines(cap))
+    assert re.search(r"\| +capacity +\| +4\.0+ +\|", text) and re.search(r"\| +failed above +\| +5\.0+ +\|", text), text
+    assert capacity_level({"capacity": None, "levels": []}) == (None, "no capacity found")
+    assert capacity_lines({**cap, "at_capacity": None})[-1].startswith("No rate passed")

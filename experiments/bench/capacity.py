@@ -179,7 +179,8 @@ def result(levels: Sequence[dict], cfg: CapacityConfig, stopped: str, elapsed_s:
 def run_capacity(endpoint_url: str, model_name: str, out_dir: str | Path, *, capacity: Mapping | None,
                  workload: Mapping, slo: Mapping | None, seed: int = 0, **bench_kw) -> dict:
     """The search against a server; every level's files as run_bench writes them, then sweep.*
-    over all levels (sorted by rate) and capacity.json."""
+    over all levels (sorted by rate) and capacity.json. Returns capacity.json's content plus the
+    level summaries (`summaries`, in run order)."""
     from experiments.bench import run as bench_run
     from experiments.core.runs import write_json_atomic
 
@@ -204,4 +205,4 @@ def run_capacity(endpoint_url: str, model_name: str, out_dir: str | Path, *, cap
     if fig is not None:
         bench_run._save(fig, out_dir / "server_metrics.png")
     write_json_atomic(out_dir / "capacity.json", bench_run._json_clean(res))
-    return res
+    return {**res, "summaries": summaries}

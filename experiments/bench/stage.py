@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.core import runs
 from experiments.serve import server as serving
 from experiments.bench import metrics
+from experiments.bench.capacity import run_capacity
 from experiments.bench.run import run_bench
 from experiments.core.cli import run_model_stage
 from experiments.core.config import ConfigError
@@ -27,6 +28,10 @@ def out_dir(run_dir: Path, kind: str) -> Path:
 
 
 def levels(cfg: DictConfig) -> tuple[str, list[int], list[float] | None]:
+    if cfg.bench.get("mode", "sweep") not in ("sweep", "capacity"):
+        raise ConfigError(f"bench.mode={cfg.bench.mode!r}: expected sweep or capacity")
+    if cfg.bench.get("mode") == "capacity":
+        return "capacity", [], None
     if cfg.bench.rate not in (None, "", "null"):
         rates = cfg.bench.rate if OmegaConf.is_list(cfg.bench.rate) else [cfg.bench.rate]
         return "open", [], [float(r) for r in rates]
@@ -36,6 +41,8 @@ def levels(cfg: DictConfig) -> tuple[str, list[int], list[float] | None]:
 
 def is_complete(cfg: DictConfig, run_dir: Path, kind: str) -> bool:
     mode, concs, rates = levels(cfg)
+    if mode == "capacity":
+        return (out_dir(run_dir, kind) / "capacity.json").exists()
     labels = [f"c{c}" for c in concs] if mode == "closed" else [f"r{r:g}" for r in rates]
     out = out_dir(run_dir, kind)
     return all((out / f"summary_{label}.json").exists() for label in labels) and (out / "sweep.csv").exists()
@@ -65,11 +72,18 @@ def bench(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoint 
         ctx = serving.server_for(cfg, run_dir, kind, endpoint_url) if endpoint is None else contextlib.nullcontext(endpoint)
         with ctx as ep:
             print(f"[bench] {mode} loop {concs or rates} on {ep.base_url} model={ep.model} -> {out}", flush=True)
-            summaries = run_bench(ep.base_url, ep.model, out, mode=mode, concurrencies=concs or (1,), rate=rates,
-                                  num_requests=int(b.num_requests), duration_s=float(b.duration_s),
-                                  warmup=int(b.warmup_requests), workload=cfg.workload, slo=b.slo,
-                                  seed=int(cfg.workload.seed), api_key=ep.api_key, timeout_s=float(b.request_timeout_s),
-                                  server_metrics=b.server_metrics)
+            common = dict(workload=cfg.workload, slo=b.slo, seed=int(cfg.workload.seed), api_key=ep.api_key,
+                          timeout_s=float(b.request_timeout_s), server_metrics=b.server_metrics)
+            if mode == "capacity":
+                found = run_capacity(ep.base_url, ep.model, out, capacity=b.capacity, **common)
+                summaries = found["summaries"]
+                tracker.log_metrics({"bench/capacity_rate": float(found["capacity_rate"] or 0.0),
+                                     "bench/capacity_levels": float(len(found["levels"]))})
+                print(f"[bench] capacity {found['capacity_rate']} req/s ({found['stopped']}); {out / 'capacity.json'}")
+            else:
+                summaries = run_bench(ep.base_url, ep.model, out, mode=mode, concurrencies=concs or (1,), rate=rates,
+                                      num_requests=int(b.num_requests), duration_s=float(b.duration_s),
+                                      warmup=int(b.warmup_requests), **common)
         for s in summaries:
             step = int(s["concurrency"] or 0) if mode == "closed" else int(round(s["rate"] * 1000))
             tracker.log_metrics({f"bench/{k}": v for k, v in flat_level_metrics(s).items()}, step=step)

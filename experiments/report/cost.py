@@ -7,7 +7,7 @@ from typing import Sequence
 import pandas as pd
 
 from experiments.report.common import MISSING, code_path, fmt, markdown_table, run_accelerator, usd
-from experiments.report.serving import nearest_level
+from experiments.report.serving import capacity_level, nearest_level
 
 
 def hourly_price(cost: dict, accelerator: str | None) -> tuple[float, str]:
@@ -79,7 +79,9 @@ def inference_lines(d: dict) -> list[str]:
     if not bench or not bench["levels"]:
         return [f"No throughput measured for `{sid}`: `make bench RUN={sid} MODEL={kind}` measures the throughput "
                 f"this section prices.\n"]
-    level, note = nearest_level(bench["levels"], int(cost["inference_concurrency"]))
+    level, note = capacity_level(bench)
+    if level is None:   # no capacity search: the fixed concurrency of the cost config
+        level, note = nearest_level(bench["levels"], int(cost["inference_concurrency"]))
     on_cpu = run_accelerator(subject) == "cpu"
     price, key = hourly_price(cost, run_accelerator(subject))
     n = 1 if on_cpu else (d["serve"]["tensor_parallel_size"] * d["serve"]["pipeline_parallel_size"]

@@ -62,7 +62,7 @@ def bench_outputs(run_dir: Path, kind: str) -> dict | None:
             problems.append(f"summary_{label}.json is not the run sweep.csv lists (started_unix differs)")
             continue
         levels.append({"label": label, "summary": summary, "records": out / f"records_{label}.csv"})
-    return {"dir": out, "levels": levels, "problems": problems,
+    return {"dir": out, "levels": levels, "problems": problems, "capacity": read_json_or_none(out / "capacity.json"),
             "plots": [p for p in (out / "latency.png", out / "throughput.png", out / "server_metrics.png") if p.is_file()]}
 
 

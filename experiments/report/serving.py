@@ -96,6 +96,7 @@ def section(d: dict, plots: dict[str, Path]) -> list[str]:
         "loop it must equal the concurrency the client held (the check passes within 10%). W is the mean "
         "E2E of successful requests (all requests succeeded unless the errors column says otherwise).\n")
     L.extend(server_view_lines(levels))
+    L.extend(capacity_lines(bench.get("capacity")))
     L.extend(recheck_notes(bench))
     add("Source: " + ", ".join(code_path(d, bench["dir"] / f"summary_{lv['label']}.json") for lv in levels)
         + f" (from {', '.join(code_path(d, lv['records']) for lv in levels)}).\n")
@@ -163,4 +164,39 @@ def server_view_lines(levels: Sequence[dict]) -> list[str]:
              "streaming; `tokens match` compares the client's usage totals with the generation-token counter "
              "(exact equality)." + (f" Not exported by this server: {', '.join(absent)}." if absent else "")
              + (f" Levels without server metrics: {', '.join(missing)}." if missing else "") + "\n")
+    return L
+
+
+def capacity_level(bench: dict) -> tuple[dict | None, str]:
+    """The level at the capacity rate of `make bench CAPACITY=1` (capacity.json), with a note."""
+    cap = bench.get("capacity") or {}
+    best = cap.get("at_capacity")
+    level = next((lv for lv in bench["levels"] if best and lv["label"] == best["label"]), None)
+    if level is None:
+        return None, "no capacity found"
+    above = cap.get("failed_above")
+    return level, (f"the capacity found by `make bench CAPACITY=1`: {best['rate']:g} req/s, the highest Poisson "
+                   f"rate with goodput fraction >= {cap['criterion']['goodput_fraction']} within the SLO, error rate <= "
+                   f"{cap['criterion']['max_error_rate']} and no queue growth"
+                   + (f" ({above['label']} above it failed: {'; '.join(above['reasons'])})" if above else ""))
+
+
+def capacity_lines(cap: dict | None) -> list[str]:
+    if not cap:
+        return []
+    L = ["### Capacity (max sustainable request rate within the SLO)\n"]
+    best, above = cap.get("at_capacity"), cap.get("failed_above")
+    if best is None:
+        return L + [f"No rate passed ({cap['stopped']}).\n"]
+    rows = [{"": name, "rate req/s": fmt(x["rate"], 3), "goodput": fmt(x["goodput_fraction"], 3),
+             "error rate": fmt(x["error_rate"], 3), "req/s": fmt(x["throughput_requests_per_s"], 2),
+             **{f"{m.split('_')[0].upper()} {st} ms": fmt(x[m][st], 1) for m in ("ttft_ms", "e2e_ms") for st in ("median", "p99")},
+             "failed because": "; ".join(x["reasons"]) or "-"}
+            for name, x in (("capacity", best), ("failed above", above)) if x]
+    L.append(markdown_table(pd.DataFrame(rows)))
+    L.append(f"{len(cap['levels'])} levels, {cap['requests_sent']} requests in {cap['elapsed_s']:.0f} s; stopped: "
+             f"{cap['stopped']}. Criterion: goodput fraction >= {cap['criterion']['goodput_fraction']} (SLO TTFT <= "
+             f"{cap['slo']['ttft_ms']} ms, E2E <= {cap['slo']['e2e_ms']} ms), error rate <= {cap['criterion']['max_error_rate']}, "
+             "and steady state: requests in flight over the last third of a level exceed the middle third by at most "
+             "max(2, 3·sqrt(middle)) (`capacity.json`, experiments/bench/capacity.py).\n")
     return L
