@@ -2,6 +2,7 @@
 train each method at most once per session and share one vLLM server per model kind."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -24,6 +25,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def stub_server(*args: str):
+    """experiments.bench.stub_server on a free port with these options; yields its URL, stops it."""
+    import sys
+    import time
+
+    from experiments.core.procs import healthy
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.bench.stub_server", "--port", str(port), *args],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            if healthy(url, timeout_s=1):
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"stub server exited: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def make(*args: str, env: dict | None = None, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:

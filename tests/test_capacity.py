@@ -9,23 +9,17 @@ a waiting-time tail; measuring that tail to 10% takes thousands of requests per 
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import stub_server
 from experiments.bench import metrics
 from experiments.bench.capacity import CapacityConfig, in_flight_at_sends, next_rate, run_capacity, search, steady
 from experiments.bench.records import RequestRecord
-from experiments.core.procs import healthy
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def erlang_b(k: int, a: float) -> float:
@@ -134,22 +128,9 @@ def test_level_size_resolves_the_capacity_to_10_percent():
 
 @pytest.fixture(scope="module")
 def loss_stub():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.bench.stub_server", "--port", str(port),
-                             "--ttft-ms", str(SERVICE_S * 1000), "--itl-ms", "0", "--n-tokens", "1",
-                             "--max-concurrent", str(K)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            if healthy(url, timeout_s=1):
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"stub exited: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.1)
+    with stub_server("--ttft-ms", str(SERVICE_S * 1000), "--itl-ms", "0", "--n-tokens", "1",
+                     "--max-concurrent", str(K)) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_capacity_of_the_loss_stub(loss_stub, tmp_path):
@@ -197,3 +178,24 @@ def test_report_prices_the_capacity_rate():
     assert re.search(r"\| +capacity +\| +4\.0+ +\|", text) and re.search(r"\| +failed above +\| +5\.0+ +\|", text), text
     assert capacity_level({"capacity": None, "levels": []}) == (None, "no capacity found")
     assert capacity_lines({**cap, "at_capacity": None})[-1].startswith("No rate passed")
+
+
+def test_pareto_fronts_and_section(tmp_path):
+    from experiments.report import pareto
+
+    def run(rid, method, acc, rate):
+        bench = {"levels": [{"summary": {"throughput": {"requests_per_s": rate}}}], "capacity": None}
+        return {"id": rid, "info": {"method": method}, "bfcl": {"leaderboard": {"Overall Acc": acc}}, "bench": bench}
+    rows = [run("a", "qlora", 10.0, 4.0), run("b", "dora", 12.0, 2.0), run("c", "qlora_opt", 9.0, 3.0),
+            {"id": "d", "info": {"method": "x"}, "bfcl": None, "bench": None}]      # no numbers: no point
+    rows[1]["bench"]["capacity"] = {"capacity_rate": 2.5}                         # the capacity search wins
+    df = pareto.points(rows, "Overall_Acc", usd_per_hour=3.6)
+    assert list(df["run"]) == ["a", "b", "c"]
+    assert df.set_index("run")["req_per_s"].to_dict() == {"a": 4.0, "b": 2.5, "c": 3.0}
+    assert df.set_index("run")["usd_per_1m_requests"]["a"] == pytest.approx(1e6 / 4.0 / 3600 * 3.6)
+    # c is less accurate and slower (and dearer) than a: dominated on both fronts; a and b trade off.
+    assert list(df["front_throughput"]) == [True, True, False] and list(df["front_cost"]) == [True, True, False]
+    assert pareto.plot(df, "Overall_Acc", tmp_path / "p.png").stat().st_size > 0
+    text = "\n".join(pareto.lines(df, "Overall_Acc", "cost.cpu_usd_per_hour", None))
+    assert "capacity search" in text and "max req/s of the levels" in text
+    assert "No compared run" in pareto.lines(pareto.points(rows[3:], "Overall_Acc", 1.0), "Overall_Acc", "k", None)[1]

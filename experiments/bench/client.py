@@ -221,12 +221,14 @@ async def run_level_async(endpoint: str, model: str, bodies: Sequence[dict], spe
             nonlocal failures
             failures += not rec.success
             bar.update(1)
-            if failures:
-                bar.set_postfix(errors=failures, refresh=False)
+            elapsed = time.perf_counter() - t_measured
+            bar.set_postfix({"req/s": f"{bar.n / elapsed:.2f}" if elapsed > 0 else "-",
+                             **({"errors": failures} if failures else {})}, refresh=False)
 
         t_start = time.time()
         if monitor is not None:
             await monitor.start()
+        t_measured = time.perf_counter()
         try:
             if spec.mode == "closed":
                 records = await _closed(payloads, ids, spec.concurrency, spec.duration_s, send, on_done)

@@ -89,7 +89,7 @@ def bench(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoint 
             tracker.log_metrics({f"bench/{k}": v for k, v in flat_level_metrics(s).items()}, step=step)
         tracker.log_artifacts([p for p in sorted(out.glob("*")) if p.is_file()])
     runs.update_run_json(run_dir, stages={f"bench_{kind}": "done"})
-    print(f"[bench] {out / 'sweep.md'}")
+    print((out / "sweep.md").read_text() + f"[bench] {out / 'sweep.md'}")
     return summaries
 
 

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from experiments.report.common import MISSING, code_path, fmt, markdown_table, run_accelerator, usd
+from experiments.report import pareto
+from experiments.report.common import MISSING, code_path, fmt, image, markdown_table, run_accelerator, usd
 from experiments.report.serving import capacity_level, nearest_level
 
 
@@ -71,6 +72,11 @@ def section(d: dict, plots: dict[str, Path]) -> list[str]:
         add(f"No training wall time: `make train METHOD={info.get('method')}` writes it.\n")
     add("### Inference\n")
     L.extend(inference_lines(d))
+    if len(d["rows"]) > 1:     # a comparison: accuracy against serving cost, one point per run
+        price, key = hourly_price(cost, run_accelerator(d["subject"]))
+        metric = d.get("pareto_metric", "Overall_Acc")
+        img = image(d, plots, "pareto", "BFCL accuracy vs throughput and cost") if "pareto" in plots else None
+        L.extend(pareto.lines(pareto.points(d["rows"], metric, price), metric, key, img))
     return L
 
 

@@ -193,6 +193,7 @@ def gather(cfg: DictConfig, run_dir: Path, named: Sequence[str] | None = None) -
             raise ReportError(f"--runs: {path} is not a run folder (no {runs.RUN_JSON})")
         r = subject if rid == subject["id"] else load_run(path)
         r["bfcl"] = bfcl_summary(r["dir"], kind)
+        r["bench"] = bench_outputs(r["dir"], kind)     # the Pareto points of the Cost section
         rows.append(r)
     # The base model's BFCL: the report run's own, else the first compared run that has one.
     base = None
@@ -215,5 +216,5 @@ def gather(cfg: DictConfig, run_dir: Path, named: Sequence[str] | None = None) -
         "serve": {k: int(cfg.serve.get(k, 1) or 1) for k in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")},
         "versions": {env: venv_versions(venv, env) for env in ("train", "serve", "eval")},
         "git": git_state(), "hardware": hardware(), "named": list(named or []),
-        "plots_dir": str(cfg.report.plots_dir),
+        "plots_dir": str(cfg.report.plots_dir), "pareto_metric": str(cfg.report.get("pareto_metric", "Overall_Acc")),
     }
