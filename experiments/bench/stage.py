@@ -71,7 +71,8 @@ def bench(cfg: DictConfig, run_dir: Path, kind: str, endpoint: serving.Endpoint 
                             "slo_ttft_ms": b.slo.ttft_ms, "slo_e2e_ms": b.slo.e2e_ms})
         ctx = serving.server_for(cfg, run_dir, kind, endpoint_url) if endpoint is None else contextlib.nullcontext(endpoint)
         with ctx as ep:
-            print(f"[bench] {mode} loop {concs or rates} on {ep.base_url} model={ep.model} -> {out}", flush=True)
+            what = "capacity search" if mode == "capacity" else f"{mode} loop {concs or rates}"
+            print(f"[bench] {what} on {ep.base_url} model={ep.model} -> {out}", flush=True)
             common = dict(workload=cfg.workload, slo=b.slo, seed=int(cfg.workload.seed), api_key=ep.api_key,
                           timeout_s=float(b.request_timeout_s), server_metrics=b.server_metrics)
             if mode == "capacity":

@@ -74,6 +74,8 @@ def vllm_command(serve: DictConfig, *, python: Path, model_path: str, served_nam
     cmd.append("--enable-prefix-caching" if serve.enable_prefix_caching else "--no-enable-prefix-caching")
     if serve.enforce_eager:
         cmd.append("--enforce-eager")
+    if serve.get("quantization"):
+        cmd += ["--quantization", str(serve.quantization)]
     if lora is not None:
         cmd += ["--enable-lora", "--lora-modules", f"{lora[0]}={lora[1]}",
                 "--max-loras", str(serve.max_loras), "--max-lora-rank", str(serve.max_lora_rank)]
