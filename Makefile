@@ -67,11 +67,11 @@ train: env-eval env-train ## Train one method: make train METHOD=qlora_opt [LAUN
 merge: env-eval env-train ## Merge a run's adapter into its base model: make merge [RUN=<run_id>]
 	@$(EVAL_PY) scripts/merge.py $(if $(RUN),--run $(RUN)) $(HYDRA) $(ARGS)
 
-serve: env-eval env-serve ## Start vLLM for a run: make serve [RUN=...] [MODEL=merged|adapter|base]
-	@$(EVAL_PY) -m experiments.serve.server start $(if $(RUN),--run $(RUN)) --model $(MODEL) $(HYDRA) $(ARGS)
+serve: env-eval env-serve ## Start vLLM for a run: make serve [RUN=...] [MODEL=merged|adapter|base] | MODEL=adapters RUNS=a,b (one server)
+	@$(EVAL_PY) -m experiments.serve.server start $(if $(RUN),--run $(RUN)) $(if $(RUNS),--runs $(RUNS)) --model $(MODEL) $(HYDRA) $(ARGS)
 
 stop: env-eval ## Stop the server `make serve` started (by its PID): make stop [RUN=...] [MODEL=...]
-	@$(EVAL_PY) -m experiments.serve.server stop $(if $(RUN),--run $(RUN)) --model $(MODEL) $(HYDRA) $(ARGS)
+	@$(EVAL_PY) -m experiments.serve.server stop $(if $(RUN),--run $(RUN)) $(if $(RUNS),--runs $(RUNS)) --model $(MODEL) $(HYDRA) $(ARGS)
 
 eval: env-eval env-serve ## BFCL with bfcl-eval's checker: make eval [RUN=...] [MODEL=merged|adapter|base] [BFCL=quick|full] [ENDPOINT=url]
 	@$(EVAL_PY) -m experiments.bfcl.stage $(STAGE_OPTS) $(HYDRA) $(if $(BFCL),bfcl=$(BFCL)) $(ARGS)

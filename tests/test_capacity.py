@@ -12,6 +12,7 @@ import json
 import random
 import re
 import time
+import urllib.request
 
 import pytest
 
@@ -139,14 +140,17 @@ def test_capacity_of_the_loss_stub(loss_stub, tmp_path):
                        workload={"name": "synthetic", "seed": 0, "input_tokens": 4, "max_tokens": 1},
                        slo={"ttft_ms": 2000, "e2e_ms": 2000})
     wall = time.time() - start
-    # The stub holds a slot from arrival until its response is written: S plus this machine's
-    # scheduling delay. Erlang B needs only the mean hold time, so the analytical capacity uses
-    # the mean E2E of the served requests (>= the hold time: biased low by at most loopback time).
-    served = [lv["at_capacity"] for lv in [res] if lv["at_capacity"]]
-    assert served, res
-    levels = [json.loads((tmp_path / f"summary_{lv['label']}.json").read_text()) for lv in res["levels"]]
-    mean_s = sum(s["e2e_ms"]["mean"] * s["requests"]["succeeded"] for s in levels) / 1000 / sum(
-        s["requests"]["succeeded"] for s in levels)
+    # A slot is held from the request's arrival until its response is written: S plus this
+    # machine's scheduling delay. Erlang B needs only the mean hold time, so the analytical
+    # capacity uses the stub's own measurement of it (GET /stats), not the nominal S; the client's
+    # E2E would overstate it by the client's own lag under load.
+    assert res["at_capacity"], res
+    with urllib.request.urlopen(loss_stub + "/stats", timeout=10) as r:
+        stats = json.load(r)
+    mean_s = stats["mean_hold_s"]
+    refused = sum(json.loads((tmp_path / f"summary_{lv['label']}.json").read_text())["requests"]["errors_by_kind"]
+                  .get("http_5xx", 0) for lv in res["levels"])
+    assert refused == stats["refused"] and stats["served"] + stats["refused"] == res["requests_sent"]
     a_star = offered_load_at(K, 1 - FRACTION)
     want, nominal = a_star / mean_s, a_star / SERVICE_S
     print(f"capacity found {res['capacity_rate']} req/s; analytical {want:.2f} (mean hold {mean_s * 1000:.1f} ms), "

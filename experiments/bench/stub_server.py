@@ -93,16 +93,25 @@ def _settings(base: StubConfig, body: dict) -> StubConfig:
 
 def make_app(base: StubConfig) -> web.Application:
     busy = 0
+    stats = {"served": 0, "refused": 0, "hold_s_sum": 0.0}   # GET /stats: what the stub really did
 
     async def chat(request: web.Request) -> web.StreamResponse:
         nonlocal busy
         if base.max_concurrent is not None and busy >= base.max_concurrent:
+            stats["refused"] += 1
             return web.json_response({"error": {"message": "stub at max_concurrent", "code": 503}}, status=503)
         busy += 1
+        held = time.perf_counter()
         try:
             return await serve(request)
         finally:
             busy -= 1
+            stats["served"] += 1
+            stats["hold_s_sum"] += time.perf_counter() - held
+
+    async def stats_view(_request):
+        n = stats["served"]
+        return web.json_response({**stats, "mean_hold_s": stats["hold_s_sum"] / n if n else None})
 
     async def serve(request: web.Request) -> web.StreamResponse:
         arrived = time.perf_counter()
@@ -156,7 +165,7 @@ def make_app(base: StubConfig) -> web.Application:
 
     app = web.Application()
     app.add_routes([web.post("/v1/chat/completions", chat), web.get("/v1/models", models),
-                    web.get("/health", health)])
+                    web.get("/health", health), web.get("/stats", stats_view)])
     return app
 
 
