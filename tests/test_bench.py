@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port
-from experiments.core.procs import healthy
+from conftest import free_port, stub_server
 
 from experiments.bench import metrics
 from experiments.bench.client import LoadSpec, chat_url, run_level
@@ -31,23 +27,8 @@ SLACK_MS = 15.0                                       # scheduling jitter on a b
 
 @pytest.fixture(scope="module")
 def stub():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.bench.stub_server", "--port", str(port),
-         "--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS), "--n-tokens", str(N_TOKENS)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            if healthy(url, timeout_s=1):
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"stub server exited: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.1)
+    with stub_server("--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS), "--n-tokens", str(N_TOKENS)) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _body(**stub) -> dict:
