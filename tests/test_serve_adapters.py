@@ -61,7 +61,7 @@ def test_bench_runs_per_served_name(shared, two_runs):
     for run in two_runs:
         make("bench", f"RUN={run.name}", "MODEL=adapter", "CONC=1",
              hydra_args("bench.num_requests=3", "bench.warmup_requests=0"))
-        summary = read_json(run / "bench" / "adapter" / "summary_c1.json")
+        summary = read_json(run / "bench" / "adapter" / "latest" / "summary_c1.json")
         assert summary["model"] == f"{run.name}-adapter" and summary["requests"]["succeeded"] == 3
         assert summary["server"]["available"]             # the shared server's /metrics
     assert read_json(two_runs[0] / "serve" / "adapters" / "endpoint.json")["pid"] == shared["pid"]  # still up
