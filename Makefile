@@ -18,6 +18,7 @@ MASTER_ADDR ?=
 BFCL    ?=
 CONC    ?=
 RATE    ?=
+CAPACITY ?=
 ENDPOINT ?=
 METHODS ?=
 COMPARISON ?=
@@ -29,7 +30,7 @@ PYTHON  ?=
 export PYTHON
 # Freeze each user value as typed: make never expands `$(...)` inside it (not even when it exports
 # a command-line variable to a recipe's environment, which would run `$(shell ...)`).
-USER_VARS := PROFILE METHOD RUN MODEL LAUNCHER GPUS NNODES NODE_RANK MASTER_ADDR BFCL CONC RATE ENDPOINT \
+USER_VARS := PROFILE METHOD RUN MODEL LAUNCHER GPUS NNODES NODE_RANK MASTER_ADDR BFCL CONC RATE CAPACITY ENDPOINT \
 	METHODS COMPARISON RUNS ARGS RESUME TRACKING tracking FRESH FORCE
 $(foreach n,$(USER_VARS),$(eval override $(n) := $$(value $(n))))
 
@@ -83,17 +84,17 @@ train: env-eval env-train env-serve ## Train one method: make train METHOD=qlora
 merge: env-eval env-train ## Merge a run's adapter into its base model: make merge [RUN=<run_id>]
 	@$(PY) experiments.train.merge $(call opt,RUN,--run=) $(HYDRA)
 
-serve: env-eval env-serve ## Start vLLM for a run: make serve [RUN=...] [MODEL=merged|adapter|base]
-	@$(PY) experiments.serve.server start $(call opt,RUN,--run=) $(call opt,MODEL,--model=) $(HYDRA)
+serve: env-eval env-serve ## Start vLLM for a run: make serve [RUN=...] [MODEL=merged|adapter|base] | MODEL=adapters RUNS=a,b (one server)
+	@$(PY) experiments.serve.server start $(call opt,RUN,--run=) $(call opt,RUNS,--runs=) $(call opt,MODEL,--model=) $(HYDRA)
 
-stop: env-eval ## Stop the server `make serve` started (by its PID): make stop [RUN=...] [MODEL=...]
-	@$(PY) experiments.serve.server stop $(call opt,RUN,--run=) $(call opt,MODEL,--model=) $(HYDRA)
+stop: env-eval ## Stop the server `make serve` started (by its PID): make stop [RUN=...] [MODEL=...] [RUNS=a,b]
+	@$(PY) experiments.serve.server stop $(call opt,RUN,--run=) $(call opt,RUNS,--runs=) $(call opt,MODEL,--model=) $(HYDRA)
 
 eval: env-eval env-serve ## BFCL with bfcl-eval's checker: make eval [RUN=...] [MODEL=merged|adapter|base] [BFCL=quick|full] [ENDPOINT=url]
 	@$(PY) experiments.bfcl.stage $(STAGE_OPTS) $(HYDRA) $(call opt,BFCL,bfcl=)
 
-bench: env-eval env-serve ## Load test: make bench [RUN=...] [MODEL=...] [CONC=32 | CONC=1,4,16,32 | RATE=10] [ENDPOINT=url]
-	@$(PY) experiments.bench.stage $(STAGE_OPTS) $(HYDRA) $(if $(value CONC),'bench.concurrency=[$(call v,CONC)]') $(if $(value RATE),'bench.rate=[$(call v,RATE)]')
+bench: env-eval env-serve ## Load test: make bench [RUN=...] [MODEL=...] [CONC=32 | CONC=1,4,16,32 | RATE=10 | CAPACITY=1] [ENDPOINT=url]
+	@$(PY) experiments.bench.stage $(STAGE_OPTS) $(HYDRA) $(if $(value CONC),'bench.concurrency=[$(call v,CONC)]') $(if $(value RATE),'bench.rate=[$(call v,RATE)]') $(if $(value CAPACITY),'bench.mode=capacity')
 
 agree: env-eval env-serve ## Served loss = trained loss, adapter = merged: make agree [RUN=...] [MODEL=merged]
 	@$(PY) experiments.agree.stage $(STAGE_OPTS) $(HYDRA)

@@ -2,6 +2,7 @@
 train each method at most once per session and share one vLLM server per model kind."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -38,6 +39,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def stub_server(*args: str, key: str | None = None):
+    """experiments.bench.stub_server on a free port with these options (its flags, e.g.
+    --die-after, --api-key, --max-concurrent); key: the bearer key the readiness probe sends.
+    Yields (url, process); stops it (a --die-after stub may already be gone)."""
+    import sys
+    import time
+
+    from experiments.core.procs import healthy
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.bench.stub_server", "--port", str(port), *args],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    try:
+        for _ in range(300):
+            if healthy(url, timeout_s=1, headers=headers):
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"stub server exited: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(timeout=10)
 
 
 def make(*args: str, env: dict | None = None, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:

@@ -5,7 +5,6 @@ reported numbers must recover. Nothing here times our own speed (see scripts/ben
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
@@ -16,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fake_run, free_port, mlflow_statuses, stage_cli
-from experiments.core.procs import healthy
+from conftest import fake_run, free_port, mlflow_statuses, stage_cli, stub_server
 
 from experiments.bench import metrics
 from experiments.bench.client import LoadSpec, chat_url, run_level
@@ -31,33 +29,12 @@ E2E_MS = TTFT_MS + (N_TOKENS - 1) * ITL_MS           # 140 ms
 SLACK_MS = 15.0                                       # scheduling jitter on a busy 2-core box
 
 
-@contextlib.contextmanager
-def stub_server(*flags: str, key: str | None = None):
-    """A stub server subprocess on a free port: yields (url, process)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.bench.stub_server", "--port", str(port),
-         "--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS), "--n-tokens", str(N_TOKENS), *flags],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {key}"} if key else None
-    try:
-        for _ in range(300):
-            if healthy(url, timeout_s=1, headers=headers):
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"stub server exited: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.1)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(timeout=10)
+STUB = ("--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS), "--n-tokens", str(N_TOKENS))  # the known timings
 
 
 @pytest.fixture(scope="module")
 def stub():
-    with stub_server() as (url, _):
+    with stub_server(*STUB) as (url, _):
         yield url
 
 
@@ -214,7 +191,7 @@ WORKLOAD = {"name": "synthetic", "input_tokens": 16, "max_tokens": 5, "seed": 3}
 def test_server_killed_mid_level_stops_the_bench(tmp_path):
     """The stub SIGKILLs itself when request 6 arrives: the level stops issuing, the next level
     never runs, bench.json says partial, the records of the level are on disk."""
-    with stub_server("--die-after", "5") as (url, proc):
+    with stub_server(*STUB, "--die-after", "5") as (url, proc):
         summaries = run_bench(url, "stub", tmp_path, concurrencies=[2, 3], num_requests=40,
                               workload=WORKLOAD, progress=False)
         assert proc.wait(timeout=10) == -signal.SIGKILL
@@ -264,7 +241,7 @@ def test_make_bench_against_a_dying_server_fails_the_stage_and_a_rerun_gets_its_
     def statuses():
         return mlflow_statuses(results)
 
-    with stub_server("--die-after", "12") as (url, _):
+    with stub_server(*STUB, "--die-after", "12") as (url, _):
         first = make_bench(url)
     assert first.returncode == 3, first.stderr[-3000:]
     message = first.stderr.strip().splitlines()[-1]
@@ -277,7 +254,7 @@ def test_make_bench_against_a_dying_server_fails_the_stage_and_a_rerun_gets_its_
     assert not benchmark.is_complete(cfg, run, "external")
     first_dir = (run / "bench" / "external" / "latest").resolve()
 
-    with stub_server() as (url, _):
+    with stub_server(*STUB) as (url, _):
         second = make_bench(url)
     assert second.returncode == 0, second.stderr[-3000:]
     second_dir = (run / "bench" / "external" / "latest").resolve()
@@ -298,7 +275,7 @@ def test_make_bench_against_a_keyed_endpoint_sends_the_key_and_never_writes_it(t
     run = fake_run(results)
     overrides = ["profile=cpu", "workload=synthetic", "workload.input_tokens=16", "workload.max_tokens=5",
                  "bench.concurrency=[2]", "bench.num_requests=6", "bench.warmup_requests=1"]
-    with stub_server("--api-key", key, key=key) as (url, _):
+    with stub_server(*STUB, "--api-key", key, key=key) as (url, _):
         without = stage_cli("experiments.bench.stage", run, f"{url}/v1", overrides)
         keyed = stage_cli("experiments.bench.stage", run, f"{url}/v1", overrides, VLLM_API_KEY=key)
     assert without.returncode == 2 and "Traceback" not in without.stderr

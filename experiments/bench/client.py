@@ -233,11 +233,13 @@ async def _open(payloads, ids, rate, duration_s, seed, send, on_done, stop=lambd
 
 async def run_level_async(endpoint: str, model: str, bodies: Sequence[dict], spec: LoadSpec, *,
                           headers: dict | None = None, progress: bool = True,
-                          on_record: Callable[[RequestRecord], None] | None = None) -> LevelResult:
+                          on_record: Callable[[RequestRecord], None] | None = None, monitor=None) -> LevelResult:
     """bodies: spec.warmup warm-up bodies first, then the measured ones (reused cyclically
     when num_requests exceeds them). `on_record` sees each measured record as it completes
     (run_bench appends it to the level's records file). The level stops issuing requests once
-    the server is found gone (LevelResult.server_gone)."""
+    the server is found gone (LevelResult.server_gone). monitor: an object with async
+    start()/stop(), started after the warm-up and stopped after the last measured request
+    (server_metrics.Scraper)."""
     url = chat_url(endpoint)
     warm, measured = list(bodies[: spec.warmup]), list(bodies[spec.warmup:])
     if not measured:
@@ -272,11 +274,15 @@ async def run_level_async(endpoint: str, model: str, bodies: Sequence[dict], spe
             if on_record is not None:
                 on_record(rec)
             bar.update(1)
-            if failures:
-                bar.set_postfix(errors=failures, refresh=False)
+            elapsed = time.perf_counter() - t_measured
+            bar.set_postfix({"req/s": f"{bar.n / elapsed:.2f}" if elapsed > 0 else "-",
+                             **({"errors": failures} if failures else {})}, refresh=False)
             await watch.saw(rec)
 
         t_start = time.time()
+        if monitor is not None:
+            await monitor.start()
+        t_measured = time.perf_counter()
         try:
             if stop():
                 records = []
@@ -286,6 +292,8 @@ async def run_level_async(endpoint: str, model: str, bodies: Sequence[dict], spe
                 records = await _open(payloads, ids, spec.rate, spec.duration_s, spec.seed, send, on_done, stop)
         finally:
             bar.close()
+            if monitor is not None:
+                await monitor.stop()
     records.sort(key=lambda r: r.start)
     return LevelResult(spec=spec, records=records, warmup_failed=warm_failed, server_gone=watch.gone,
                        meta={"started_unix": t_start, "url": url, "model": model})

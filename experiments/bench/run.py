@@ -12,6 +12,8 @@ except the records while a level runs):
   sweep.csv, sweep.md   one row per level
   latency.png           TTFT / TPOT / ITL / E2E percentiles against concurrency (or rate)
   throughput.png        output tokens/s, requests/s, goodput and error rate against load
+  server_metrics_<label>.jsonl, server_metrics.png   the server's /metrics while each level ran
+                        (server_metrics.py; summarised under "server" in each summary)
 <label> is c<concurrency> (closed loop) or r<rate> (open loop).
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import pandas as pd
 
-from experiments.bench import metrics
+from experiments.bench import metrics, server_metrics as srv
 from experiments.bench.client import LoadSpec, auth_headers, root_url, run_level
 from experiments.bench.records import RequestRecord
 from experiments.bench.workloads import build_requests
@@ -45,7 +47,9 @@ SWEEP_COLUMNS = {  # flattened summary key -> sweep table header
     "itl_ms_median": "ITL p50 ms", "itl_ms_p99": "ITL p99 ms", "stream_tokens_per_read": "tok/read",
     "stream_zero_gaps_fraction": "ITL=0 share", "e2e_ms_median": "E2E p50 ms",
     "e2e_ms_p99": "E2E p99 ms", "goodput_fraction": "goodput", "littles_law_mean_concurrency": "L",
-    "littles_law_ok": "Little ok",
+    "littles_law_ok": "Little ok", "server_requests_waiting_max": "srv waiting max",
+    "server_kv_cache_usage_max": "srv KV max", "server_queue_time_mean_ms": "srv queue ms",
+    "server_checks_tokens_match": "tokens match",
 }
 
 
@@ -53,7 +57,8 @@ def run_bench(endpoint_url: str, model_name: str, out_dir: str | Path, *, mode: 
               concurrencies: Sequence[int] = (16,), rate: float | Sequence[float] | None = None,
               num_requests: int = 100, duration_s: float | None = None, warmup: int = 0,
               workload: Mapping[str, Any], slo: Mapping[str, Any] | None = None, seed: int = 0,
-              api_key: str | None = None, timeout_s: float = 120.0, progress: bool = True) -> list[dict]:
+              api_key: str | None = None, timeout_s: float = 120.0, progress: bool = True,
+              server_metrics: Mapping[str, Any] | None = None) -> list[dict]:
     """Run every level (each concurrency, or each rate in open loop) and write the outputs.
 
     Each level gets its own slice of the seeded workload (warm-up bodies first), so no level
@@ -70,15 +75,16 @@ def run_bench(endpoint_url: str, model_name: str, out_dir: str | Path, *, mode: 
     headers = auth_headers(api_key)
     status = {"status": "running", "levels": [s.label for s in specs], "finished": [], "server_gone": None}
     write_status(out_dir, status)
-    summaries = []
+    summaries, scrapes = [], {}
     for k, spec in enumerate(specs):
         if k and not healthy(root_url(endpoint_url), timeout_s=5, headers=headers):
             status["server_gone"] = f"{root_url(endpoint_url)}/health failed before level {spec.label}"
             break
+        monitor = srv.scraper_for(endpoint_url, _plain(server_metrics), headers)
         t0 = time.perf_counter()
         with RecordSink(out_dir / f"records_{spec.label}.csv", t0) as sink:
             result = run_level(endpoint_url, model_name, bodies[k * per_level:(k + 1) * per_level], spec,
-                               headers=headers, progress=progress, on_record=sink.append)
+                               headers=headers, progress=progress, on_record=sink.append, monitor=monitor)
         summary = metrics.summarize(
             result.records, slo_ttft_ms=slo.get("ttft_ms"), slo_e2e_ms=slo.get("e2e_ms"),
             target_concurrency=spec.concurrency if spec.mode == "closed" else None,
@@ -89,6 +95,9 @@ def run_bench(endpoint_url: str, model_name: str, out_dir: str | Path, *, mode: 
                                 "warmup": warmup, "warmup_failed": result.warmup_failed,
                                 "timeout_s": timeout_s, "seed": seed, "workload": workload},
                    "started_unix": result.meta["started_unix"], "server_gone": result.server_gone, **summary}
+        if monitor is not None:
+            summary.update(srv.level_outputs(out_dir, spec.label, monitor.scrapes, summary))
+            scrapes[spec.label] = monitor.scrapes
         write_records(out_dir / f"records_{spec.label}.csv", result.records, t0)
         with _atomic(out_dir / f"summary_{spec.label}.json") as tmp:
             tmp.write_text(json.dumps(_json_clean(summary), indent=2, allow_nan=False) + "\n")
@@ -99,6 +108,9 @@ def run_bench(endpoint_url: str, model_name: str, out_dir: str | Path, *, mode: 
         status["finished"].append(spec.label)
         write_status(out_dir, status)
     write_sweep(out_dir, summaries)
+    fig = srv.timeseries_figure(scrapes)
+    if fig is not None:
+        _save(fig, out_dir / "server_metrics.png")
     write_status(out_dir, {**status, "status": "partial" if status["server_gone"] else "done"})
     return summaries
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.core import runs
 from experiments.serve import server as serving
 from experiments.bench import metrics
+from experiments.bench.capacity import run_capacity
 from experiments.bench.run import new_bench_dir, read_status, run_bench
 from experiments.core.cli import run_model_stage
 from experiments.core.config import ConfigError
@@ -33,8 +34,13 @@ def latest_dir(run_dir: Path, kind: str) -> Path:
 
 
 def levels(cfg: DictConfig) -> tuple[str, list[int], list[float] | None]:
-    """(mode, concurrencies, rates) from bench.concurrency / bench.rate (CONC= / RATE=); a value
-    that is not a positive number is a ConfigError naming the key and the value."""
+    """(mode, concurrencies, rates) from bench.mode (CAPACITY=1: capacity) and bench.concurrency /
+    bench.rate (CONC= / RATE=); a value that is not a positive number is a ConfigError naming the
+    key and the value."""
+    if cfg.bench.get("mode", "sweep") not in ("sweep", "capacity"):
+        raise ConfigError(f"bench.mode={cfg.bench.mode!r}: expected sweep or capacity")
+    if cfg.bench.get("mode") == "capacity":
+        return "capacity", [], None
     if cfg.bench.rate not in (None, "", "null"):
         rates = cfg.bench.rate if OmegaConf.is_list(cfg.bench.rate) else [cfg.bench.rate]
         return "open", [], [_positive(r, float, "RATE", "bench.rate") for r in rates]
@@ -55,8 +61,10 @@ def _positive(value, kind, var: str, key: str):
 
 def is_complete(cfg: DictConfig, run_dir: Path, kind: str) -> bool:
     mode, concs, rates = levels(cfg)
-    labels = [f"c{c}" for c in concs] if mode == "closed" else [f"r{r:g}" for r in rates]
     status = read_status(latest_dir(run_dir, kind))
+    if mode == "capacity":
+        return bool(status) and status["status"] == "done" and (latest_dir(run_dir, kind) / "capacity.json").exists()
+    labels = [f"c{c}" for c in concs] if mode == "closed" else [f"r{r:g}" for r in rates]
     return bool(status) and status["status"] == "done" and status["finished"] == labels
 
 
@@ -95,11 +103,20 @@ def _bench(cfg, run_dir, kind, info, parent, tracker, endpoint, endpoint_url) ->
         with ctx as ep:
             out = new_bench_dir(parent)
             tracker.set_tags({"bench_dir": out.name})
-            print(f"[bench] {mode} loop {concs or rates} on {ep.base_url} model={ep.model} -> {out}", flush=True)
-            summaries = run_bench(ep.base_url, ep.model, out, mode=mode, concurrencies=concs or (1,), rate=rates,
-                                  num_requests=int(b.num_requests), duration_s=float(b.duration_s),
-                                  warmup=int(b.warmup_requests), workload=cfg.workload, slo=b.slo,
-                                  seed=int(cfg.workload.seed), api_key=ep.api_key, timeout_s=float(b.request_timeout_s))
+            what = "capacity search" if mode == "capacity" else f"{mode} loop {concs or rates}"
+            print(f"[bench] {what} on {ep.base_url} model={ep.model} -> {out}", flush=True)
+            common = dict(workload=cfg.workload, slo=b.slo, seed=int(cfg.workload.seed), api_key=ep.api_key,
+                          timeout_s=float(b.request_timeout_s), server_metrics=b.server_metrics)
+            if mode == "capacity":
+                found = run_capacity(ep.base_url, ep.model, out, capacity=b.capacity, **common)
+                summaries = found["summaries"]
+                tracker.log_metrics({"bench/capacity_rate": float(found["capacity_rate"] or 0.0),
+                                     "bench/capacity_levels": float(len(found["levels"]))})
+                print(f"[bench] capacity {found['capacity_rate']} req/s ({found['stopped']}); {out / 'capacity.json'}")
+            else:
+                summaries = run_bench(ep.base_url, ep.model, out, mode=mode, concurrencies=concs or (1,), rate=rates,
+                                      num_requests=int(b.num_requests), duration_s=float(b.duration_s),
+                                      warmup=int(b.warmup_requests), **common)
         fps = serving.served_fingerprints(run_dir, ep.kind)
         for s in summaries:
             s["fingerprints"] = fps  # what the numbers were measured against
@@ -118,7 +135,8 @@ def _bench(cfg, run_dir, kind, info, parent, tracker, endpoint, endpoint_url) ->
                 f"bench stopped: the server went away ({status['server_gone']}); levels {missing} of "
                 f"{status['levels']} not measured, {failed} requests of the interrupted level failed. "
                 f"{out} keeps what was measured. Rerun: make bench RUN={info['run_id']} MODEL={kind} "
-                + (f"CONC={','.join(map(str, concs))}" if mode == "closed" else f"RATE={','.join(f'{r:g}' for r in rates)}")
+                + ("CAPACITY=1" if mode == "capacity" else f"CONC={','.join(map(str, concs))}" if mode == "closed"
+                   else f"RATE={','.join(f'{r:g}' for r in rates)}")
                 + (f" ENDPOINT={endpoint_url}" if endpoint_url else ""),
                 "partial" if status["finished"] else "failed", counts)
     return summaries

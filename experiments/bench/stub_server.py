@@ -15,6 +15,10 @@ in its body: {"ttft_ms", "itl_ms", "n_tokens", "fault", "tool_call"}. Faults:
 --die-after N: the server SIGKILLs itself when chat request N+1 arrives (dies mid-level at a
 known point). --api-key K: 401 for any request without `Authorization: Bearer K`, /health too
 (stricter than vLLM, so a client that forgets the header on any request is caught).
+--max-concurrent K: at most K requests in service; one arriving while K are in service gets
+HTTP 503 at once (a loss system: with Poisson arrivals and a fixed latency its refused fraction
+is Erlang's B formula, so its capacity at an SLO is known exactly; capacity-search tests).
+GET /stats: what the stub really did (served, refused, mean hold time).
 
   python -m experiments.bench.stub_server --port 8150 --ttft-ms 50 --itl-ms 10 --n-tokens 16
 """
@@ -43,6 +47,7 @@ class StubConfig:
     fault: str | None = None
     tool_call: bool = False        # stream tool-call deltas instead of content
     instant: bool = False
+    max_concurrent: int | None = None   # server-wide; None: unlimited
 
 
 def _event(obj) -> bytes:
@@ -95,6 +100,8 @@ def _settings(base: StubConfig, body: dict) -> StubConfig:
 
 def make_app(base: StubConfig, die_after: int | None = None, api_key: str | None = None) -> web.Application:
     arrivals = itertools.count(1)
+    busy = 0
+    stats = {"served": 0, "refused": 0, "hold_s_sum": 0.0}   # GET /stats: what the stub really did
 
     @web.middleware
     async def require_key(request: web.Request, handler):
@@ -103,9 +110,27 @@ def make_app(base: StubConfig, die_after: int | None = None, api_key: str | None
         return await handler(request)
 
     async def chat(request: web.Request) -> web.StreamResponse:
-        arrived = time.perf_counter()
+        nonlocal busy
         if die_after is not None and next(arrivals) > die_after:
             os.kill(os.getpid(), signal.SIGKILL)  # this request is never answered
+        if base.max_concurrent is not None and busy >= base.max_concurrent:
+            stats["refused"] += 1
+            return web.json_response({"error": {"message": "stub at max_concurrent", "code": 503}}, status=503)
+        busy += 1
+        held = time.perf_counter()
+        try:
+            return await serve(request)
+        finally:
+            busy -= 1
+            stats["served"] += 1
+            stats["hold_s_sum"] += time.perf_counter() - held
+
+    async def stats_view(_request):
+        n = stats["served"]
+        return web.json_response({**stats, "mean_hold_s": stats["hold_s_sum"] / n if n else None})
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        arrived = time.perf_counter()
         body = await request.json()
         cfg = _settings(base, body)
         if cfg.fault in ("http_500", "http_400"):
@@ -156,7 +181,7 @@ def make_app(base: StubConfig, die_after: int | None = None, api_key: str | None
 
     app = web.Application(middlewares=[require_key])
     app.add_routes([web.post("/v1/chat/completions", chat), web.get("/v1/models", models),
-                    web.get("/health", health)])
+                    web.get("/health", health), web.get("/stats", stats_view)])
     return app
 
 
@@ -172,9 +197,10 @@ def main(argv=None) -> None:
     p.add_argument("--instant", action="store_true")
     p.add_argument("--die-after", type=int, default=None, help="SIGKILL itself on chat request N+1")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer <key> on every request")
+    p.add_argument("--max-concurrent", type=int, default=None, help="refuse (503) beyond K in service")
     a = p.parse_args(argv)
     cfg = StubConfig(ttft_s=a.ttft_ms / 1000, itl_s=a.itl_ms / 1000, n_tokens=a.n_tokens or None,
-                     fault=a.fault, tool_call=a.tool_call, instant=a.instant)
+                     fault=a.fault, tool_call=a.tool_call, instant=a.instant, max_concurrent=a.max_concurrent)
     web.run_app(make_app(cfg, a.die_after, a.api_key), host=a.host, port=a.port, access_log=None, print=None,
                 handle_signals=True)
 

@@ -10,6 +10,9 @@ config (seed included) always gives the same list.
              user turn, with the row's tools.
 - synthetic: a user message of `input_tokens` tokens (exact with `tokenizer`, else ~1 token per
              word) and exactly `max_tokens` output tokens (`ignore_eos`), for roofline comparisons.
+             With `system_prompt_tokens: N`, every request also starts with the same system prompt
+             of N words (one long shared prefix, as a fixed agent prompt or tool list gives):
+             the workload that prefix caching is for (conf/workload/shared_prefix.yaml).
 """
 from __future__ import annotations
 
@@ -150,13 +153,19 @@ def _synthetic(cfg: Mapping[str, Any], n: int, seed: int) -> list[dict]:
     n_in = int(cfg.get("input_tokens", 256))
     tok = _load_tokenizer(cfg["tokenizer"]) if cfg.get("tokenizer") else None
     sampling = _sampling(cfg, ignore_eos_default=True)
+    n_sys = int(cfg.get("system_prompt_tokens") or 0)
+    if n_sys < 0:
+        raise ValueError(f"workload synthetic: system_prompt_tokens={n_sys} must be >= 0")
+    # Its own generator, so the user messages are the same with and without the shared prefix.
+    shared = " ".join(random.Random(f"system-{seed}").choice(_WORDS) for _ in range(n_sys))
+    system = [{"role": "system", "content": shared}] if n_sys else []
     out = []
     for _ in range(n):
         # Random words: every prompt differs, so no request reuses another's cached prefix.
         text = " ".join(rng.choice(_WORDS) for _ in range(n_in))
         if tok is not None:
             text = _fit_to_tokens(tok, text, n_in)
-        out.append({"messages": [{"role": "user", "content": text}], **sampling})
+        out.append({"messages": [*system, {"role": "user", "content": text}], **sampling})
     return out
 
 

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from experiments.core import runs
 from experiments.core.config import ConfigError, compose
-from experiments.report import agreement, bfcl, cost, environment, learning, serving, training
+from experiments.report import agreement, bfcl, cost, environment, learning, pareto, serving, training
 from experiments.report.common import REPORT, ReportError, run_accelerator
 from experiments.report.files import bfcl_summary, gather, load_run
 
@@ -69,6 +69,10 @@ def write_report(cfg: DictConfig, run_dir: Path, runs_named: Sequence[str] | Non
     plots_dir = sdir / d["plots_dir"]
     plots = {"loss_curves": training.plot_losses(d["rows"], plots_dir / "loss_curves.png"),
              "bfcl_categories": bfcl.plot_bfcl_categories(bfcl.measured_rows(d), plots_dir / "bfcl_categories.png")}
+    if len(d["rows"]) > 1:
+        price, _key = cost.hourly_price(d["cost"], run_accelerator(d["subject"]))
+        plots["pareto"] = pareto.plot(pareto.points(d["rows"], d["pareto_metric"], price), d["pareto_metric"],
+                                      plots_dir / "pareto.png")
     plots = {k: v for k, v in plots.items() if v is not None}
     if plots_dir.is_dir():  # a plot whose data is gone must not linger beside the new report
         for old in plots_dir.glob("*.png"):

@@ -6,8 +6,9 @@ from typing import Sequence
 
 import pandas as pd
 
-from experiments.report.common import MISSING, code_path, fmt, markdown_table, run_accelerator, usd
-from experiments.report.serving import nearest_level
+from experiments.report import pareto
+from experiments.report.common import MISSING, code_path, fmt, image, markdown_table, run_accelerator, usd
+from experiments.report.serving import capacity_level, nearest_level
 
 
 def hourly_price(cost: dict, accelerator: str | None) -> tuple[float, str]:
@@ -71,6 +72,11 @@ def section(d: dict, plots: dict[str, Path]) -> list[str]:
         add(f"No training wall time: `make train METHOD={info.get('method')}` writes it.\n")
     add("### Inference\n")
     L.extend(inference_lines(d))
+    if len(d["rows"]) > 1:     # a comparison: accuracy against serving cost, one point per run
+        price, key = hourly_price(cost, run_accelerator(d["subject"]))
+        metric = d.get("pareto_metric", "Overall_Acc")
+        img = image(d, plots, "pareto", "BFCL accuracy vs throughput and cost") if "pareto" in plots else None
+        L.extend(pareto.lines(pareto.points(d["rows"], metric, price), metric, key, img))
     return L
 
 
@@ -79,7 +85,9 @@ def inference_lines(d: dict) -> list[str]:
     if not bench or not bench["levels"]:
         return [f"No throughput measured for `{sid}`: `make bench RUN={sid} MODEL={kind}` measures the throughput "
                 f"this section prices.\n"]
-    level, note = nearest_level(bench["levels"], int(cost["inference_concurrency"]))
+    level, note = capacity_level(bench)
+    if level is None:   # no capacity search: the fixed concurrency of the cost config
+        level, note = nearest_level(bench["levels"], int(cost["inference_concurrency"]))
     on_cpu = run_accelerator(subject) == "cpu"
     price, key = hourly_price(cost, run_accelerator(subject))
     n = 1 if on_cpu else (d["serve"]["tensor_parallel_size"] * d["serve"]["pipeline_parallel_size"]

