@@ -16,6 +16,8 @@ NNODES  ?=
 NODE_RANK ?=
 MASTER_ADDR ?=
 BFCL    ?=
+BFCL_PATH ?=
+TOKENIZER ?=
 CONC    ?=
 RATE    ?=
 CAPACITY ?=
@@ -90,8 +92,8 @@ serve: env-eval env-serve ## Start vLLM for a run: make serve [RUN=...] [MODEL=m
 stop: env-eval ## Stop the server `make serve` started (by its PID): make stop [RUN=...] [MODEL=...] [RUNS=a,b]
 	@$(PY) experiments.serve.server stop $(call opt,RUN,--run=) $(call opt,RUNS,--runs=) $(call opt,MODEL,--model=) $(HYDRA)
 
-eval: env-eval env-serve ## BFCL with bfcl-eval's checker: make eval [RUN=...] [MODEL=merged|adapter|base] [BFCL=quick|full] [ENDPOINT=url]
-	@$(PY) experiments.bfcl.stage $(STAGE_OPTS) $(HYDRA) $(call opt,BFCL,bfcl=)
+eval: env-eval env-serve ## BFCL with bfcl-eval's checker: make eval [RUN=...] [MODEL=merged|adapter|base] [BFCL=quick|full] [BFCL_PATH=api|native|both] [ENDPOINT=url TOKENIZER=dir]
+	@$(PY) experiments.bfcl.stage $(STAGE_OPTS) $(HYDRA) $(call opt,BFCL,bfcl=) $(call opt,BFCL_PATH,bfcl.path=) $(call opt,TOKENIZER,bfcl.tokenizer=)
 
 bench: env-eval env-serve ## Load test: make bench [RUN=...] [MODEL=...] [CONC=32 | CONC=1,4,16,32 | RATE=10 | CAPACITY=1] [ENDPOINT=url]
 	@$(PY) experiments.bench.stage $(STAGE_OPTS) $(HYDRA) $(if $(value CONC),'bench.concurrency=[$(call v,CONC)]') $(if $(value RATE),'bench.rate=[$(call v,RATE)]') $(if $(value CAPACITY),'bench.mode=capacity')

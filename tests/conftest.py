@@ -8,6 +8,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,61 @@ def mlflow_statuses(results: Path) -> list[str]:
     client = MlflowClient(tracking_uri=f"sqlite:///{results}/mlflow.db")
     exp = client.get_experiment_by_name("tool-calling-ft")
     return [r.info.status for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])]
+
+# ---------------------------------------------------------------- BFCL oracle server (tests/test_bfcl*.py)
+
+_handed_out: set[int] = set()
+
+
+def _free_port() -> int:
+    """A free port in this project's test range; never the same twice (servers bind late)."""
+    for port in range(8200, 8300):
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port in 8200-8299")
+
+
+class OracleServer:
+    """experiments.bfcl.oracle_server in a subprocess, indexing the seeded quick ids (K per category)."""
+
+    def __init__(self, tmp: Path, *flags: str, k: int = 5, seed: int = 0):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "BFCL_PROJECT_ROOT": str(tmp), "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "experiments.bfcl.oracle_server", "--port", str(self.port),
+             "--per-category", str(k), "--seed", str(seed), *flags],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait(self, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"oracle server exited with {self.proc.returncode}")
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=1)
+                if self.proc.poll() is None:  # answered by our process, not a stranger
+                    return self
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError("oracle server did not start")
+
+    def stats(self, model: str) -> dict:
+        with urllib.request.urlopen(f"{self.url}/stats", timeout=5) as r:
+            return json.load(r).get(model, {"requests": 0, "by_id": {}, "injected_failures": 0,
+                                            "ambiguous": 0, "unmatched": 0})
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -23,7 +23,7 @@ def test_every_stage_wrote_its_outputs(chain):
     assert info["stages"]["train"] == "done" and info["method"] == "dora"
     assert (run / "adapter" / "adapter_model.safetensors").exists()
     assert (run / "merged" / "config.json").exists()
-    assert read_json(run / "bfcl" / "merged" / "summary.json")["n_missing"] == 0
+    assert read_json(run / "bfcl" / "merged" / "api" / "summary.json")["n_missing"] == 0
     for level in ("c1", "c4"):
         assert read_json(run / "bench" / "merged" / "latest" / f"summary_{level}.json")["requests"]["total"] == 12
     assert (run / "report.md").stat().st_size > 0
@@ -41,7 +41,7 @@ def test_report_numbers_equal_the_files(chain):
     report = (run / "report.md").read_text()
     metrics = read_json(run / "train_metrics.json")
     assert f"{metrics['final_eval_loss']:.4f}" in report and f"{metrics['final_train_loss']:.4f}" in report
-    bfcl = read_json(run / "bfcl" / "merged" / "summary.json")
+    bfcl = read_json(run / "bfcl" / "merged" / "api" / "summary.json")
     for column in ("Non-Live AST Acc", "Live Acc", "Irrelevance Detection", "Multi Turn Acc"):
         assert f"{bfcl['leaderboard'][column]:.2f}" in report, column
     for level in ("c1", "c4"):

@@ -10,11 +10,9 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 
 pytest.importorskip("bfcl_eval", reason="needs the eval environment (bfcl-eval)")
 
-from conftest import fake_run, mlflow_statuses, stage_cli  # noqa: E402
+from conftest import OracleServer, fake_run, mlflow_statuses, stage_cli  # noqa: E402
 from experiments.bfcl import run_bfcl, spec, tables  # noqa: E402
 from experiments.core.paths import REPO_ROOT  # noqa: E402
 
@@ -32,61 +30,6 @@ K, SEED = spec.QUICK_PER_CATEGORY, 0
 
 
 # ---------------------------------------------------------------- servers
-
-_handed_out: set[int] = set()
-
-
-def _free_port() -> int:
-    """A free port in this project's test range; never the same twice (servers bind late)."""
-    for port in range(8200, 8300):
-        if port in _handed_out:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise RuntimeError("no free port in 8200-8299")
-
-
-class OracleServer:
-    def __init__(self, tmp: Path, *flags: str):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "BFCL_PROJECT_ROOT": str(tmp), "PYTHONPATH": str(REPO_ROOT)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "experiments.bfcl.oracle_server", "--port", str(self.port),
-             "--per-category", str(K), "--seed", str(SEED), *flags],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def wait(self, timeout: float = 120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"oracle server exited with {self.proc.returncode}")
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=1)
-                if self.proc.poll() is None:  # answered by our process, not a stranger
-                    return self
-            except OSError:
-                time.sleep(0.3)
-        raise TimeoutError("oracle server did not start")
-
-    def stats(self, model: str) -> dict:
-        with urllib.request.urlopen(f"{self.url}/stats", timeout=5) as r:
-            return json.load(r).get(model, {"requests": 0, "by_id": {}, "injected_failures": 0,
-                                            "ambiguous": 0, "unmatched": 0})
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
@@ -169,6 +112,8 @@ def test_no_call_server_right_only_where_no_call_is_due(single_turn_runs):
     acc = {c: v["accuracy"] for c, v in single_turn_runs["none"]["per_category"].items()}
     assert {c for c, v in acc.items() if v == 100.0} == set(spec.IRRELEVANCE)
     assert all(v == 0.0 for c, v in acc.items() if c not in spec.IRRELEVANCE)
+    buckets = single_turn_runs["none"]["errors"]["by_bucket"]
+    assert buckets["text_answer"] == len(AST) * K and buckets["malformed_call"] == 0  # prose: no call tried
 
 
 def test_malformed_output_is_wrong_and_undecodable(single_turn_runs):
@@ -177,7 +122,7 @@ def test_malformed_output_is_wrong_and_undecodable(single_turn_runs):
     assert all(acc[c] == 0.0 for c in AST) and acc["live_relevance"] == 0.0
     assert acc["irrelevance"] == acc["live_irrelevance"] == 100.0
     buckets = summary["errors"]["by_bucket"]
-    assert buckets["undecodable_output"] == len(AST) * K
+    assert buckets["malformed_call"] == len(AST) * K and buckets["text_answer"] == 0  # a <tool_call> that fails
     assert summary["errors"]["by_bfcl_error_type"]["ast_decoder:decoder_failed"] == len(AST) * K
 
 
@@ -206,13 +151,15 @@ def test_per_category_numbers_equal_bfcl_score_files_and_csvs(mixed_run):
     items = _read_csv(out / "items.csv")
     assert len(items) == summary["n_items"] == sum(h["total_count"] for h in headers.values())
     assert {r["id"] for r in items if r["valid"] == "False"} == set(failures)
+    # bfcl's own error text, whole
+    assert all(json.loads(r["error"]) == failures[r["id"]].get("error") for r in items if r["valid"] == "False")
     assert sum(summary["errors"]["by_bucket"].values()) == len(failures)
 
 
 def test_failure_kinds_are_all_represented(mixed_run):
     _, summary = mixed_run
     buckets = summary["errors"]["by_bucket"]
-    for bucket in ("wrong_function_name", "undecodable_output", "missed_call", "irrelevance_failure"):
+    for bucket in ("wrong_function_name", "text_answer", "malformed_call", "missed_call", "irrelevance_failure"):
         assert buckets[bucket] > 0, buckets
     assert buckets["other"] == 0 and buckets["inference_error"] == 0
 
@@ -328,7 +275,7 @@ def test_make_eval_against_a_dying_server_fails_the_stage_and_a_rerun_completes_
     assert first.returncode == 3, first.stderr[-3000:]
     message = first.stderr.strip().splitlines()[-1]
     assert "incomplete" in message and "memory prerequisites failed" in message
-    assert "make eval RUN=r1 MODEL=merged BFCL=custom ENDPOINT=" in message
+    assert "make eval RUN=r1 MODEL=merged BFCL=custom BFCL_PATH=api ENDPOINT=" in message
     info = json.loads((run / "run.json").read_text())
     assert info["stages"]["eval_external"] == "partial"
     assert info["stage_counts"]["eval_external"]["n_failed_prereqs"] >= 1
@@ -359,7 +306,7 @@ def test_make_eval_against_a_keyed_endpoint_sends_the_key_and_never_writes_it(tm
     assert without.returncode == 2 and "Traceback" not in without.stderr
     assert "HTTP 401" in without.stderr.strip().splitlines()[-1]
     assert keyed.returncode == 0, keyed.stderr[-3000:]
-    summary = json.loads((run / "bfcl" / "external" / "summary.json").read_text())
+    summary = json.loads((run / "bfcl" / "external" / "api" / "summary.json").read_text())
     assert summary["complete"] and all(v["accuracy"] == 100.0 for v in summary["per_category"].values())
     leaked = [str(p) for p in results.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
     assert leaked == [] and key not in keyed.stdout + keyed.stderr
@@ -397,6 +344,9 @@ def test_error_buckets():
     assert tables.error_bucket("type_error:java") == "type_error"
     assert tables.error_bucket("value_error:list/tuple") == "value_error"
     assert tables.error_bucket("ast_decoder:decoder_failed") == "undecodable_output"
+    assert tables.undecodable_kind("I cannot help.") == "text_answer"
+    assert tables.undecodable_kind('<tool_call>{"name": f') == "malformed_call"
+    assert tables.undecodable_kind([{"f": "{not json"}]) == "malformed_call"
     assert tables.error_bucket("irrelevance_error:decoder_success") == "irrelevance_failure"
     nested = {"error": ["no match", {"Model Result Index 0": {"sub_error_type": "type_error:simple"}}]}
     assert tables.error_bucket("parallel_function_checker_no_order:cannot_find_match", nested) == "type_error"

@@ -72,7 +72,7 @@ def images(text: str, run: Path) -> list[Path]:
 
 
 def bfcl_complete(run: Path, kind: str) -> bool:
-    path = run / "bfcl" / kind / "summary.json"
+    path = run / "bfcl" / kind / "api" / "summary.json"
     return path.exists() and read_json(path)["category_set"] == "quick" and read_json(path)["n_missing"] == 0
 
 
@@ -130,27 +130,27 @@ def test_bfcl_rows_equal_summaries_and_anchors_are_labelled_published(two_method
     dora, _, text = two_methods
     body = section(text, "BFCL")
     board, taxonomy = tables(body)[:2]
-    tuned = read_json(dora / "bfcl" / KIND / "summary.json")
-    base = read_json(dora / "bfcl" / "base" / "summary.json")
+    tuned = read_json(dora / "bfcl" / KIND / "api" / "summary.json")
+    base = read_json(dora / "bfcl" / "base" / "api" / "summary.json")
     anchors = yaml.safe_load((REPO / "data" / "bfcl_anchors.yaml").read_text())
     by_model = {plain(r["model"]): r for r in board}
     assert len(by_model) == 2 + len(anchors["anchors"])
-    tuned_row = by_model[f"dora {dora.name} ({KIND})"]
-    base_row = by_model["base model tiny"]
+    tuned_row = by_model[f"dora {dora.name} ({KIND}, api)"]
+    base_row = by_model["base model tiny (api)"]
     for col in report.BFCL_COLUMNS:
         assert_shows(tuned_row[col], tuned["leaderboard"].get(col), f"tuned {col}")
         assert_shows(base_row[col], base["leaderboard"].get(col), f"base {col}")
-    assert tuned_row["kind"] == f"measured here (quick, {tuned['n_items']} items)"
+    assert tuned_row["kind"] == f"measured here (quick, {tuned['n_items']} items, {report.bfcl.PATH_LABEL['api']})"
     for a in anchors["anchors"]:
         row = by_model[a["name"]]
-        assert row["kind"].startswith("published, not measured here (BFCL v3")
+        assert row["kind"].startswith(f"published, not measured here (BFCL {a['data_version']}")
         for col in report.BFCL_COLUMNS:
             assert_shows(row[col], a["columns"][col]["value"] if col in a["columns"] else None, f"{a['name']} {col}")
     for key, src in anchors["sources"].items():  # every source is cited with its address and date
         assert src["url"] in body and str(src["date"]) in body
     # the error taxonomy: counts per bucket of both summaries
     errors = {plain(r["error"]): r for r in taxonomy}
-    for label, s in ((f"dora `{dora.name}` ({KIND})", tuned), ("base model `tiny`", base)):
+    for label, s in ((f"dora `{dora.name}` ({KIND}, api)", tuned), ("base model `tiny` (api)", base)):
         for bucket, n in s["errors"]["by_bucket"].items():
             if bucket in errors:
                 assert_shows(errors[bucket][label], n, bucket)

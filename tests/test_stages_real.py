@@ -47,21 +47,32 @@ def test_bench_conc4_writes_everything_and_counts_tokens_like_the_server(merged_
 
 
 def test_eval_quick_base_then_merged_with_delta(merged_server, merged_run):
-    make("eval", f"RUN={merged_run.name}", "MODEL=base", "BFCL=quick")
-    make("eval", f"RUN={merged_run.name}", "MODEL=merged", "BFCL=quick")
-    out = merged_run / "bfcl" / "merged"
-    summary = read_json(out / "summary.json")
-    assert summary["category_set"] == "quick" and summary["n_missing"] == 0 and summary["n_items"] > 0
-    assert (out / "result").is_dir() and (out / "score").is_dir()
-    items = list(csv.DictReader((out / "items.csv").open()))
-    assert len(items) == summary["n_items"]
-    cats = list(csv.DictReader((out / "categories.csv").open()))
-    assert {c["category"] for c in cats} == set(summary["per_category"])
-    assert any(k.startswith("web_search") for k in summary["skipped"]) and "memory_vector" in summary["skipped"] and summary["overall"]["comparable_to_public_board"] is False
-    assert "delta_vs_base" in summary
+    """Both scoring paths (api: chat API + server-side parsing; native: the leaderboard's Qwen2.5
+    handler on /v1/completions) against the same real server, each with bfcl's own score files."""
+    make("eval", f"RUN={merged_run.name}", "MODEL=base", "BFCL=quick", "BFCL_PATH=both")
+    make("eval", f"RUN={merged_run.name}", "MODEL=merged", "BFCL=quick", "BFCL_PATH=both")
+    for path in ("api", "native"):
+        out = merged_run / "bfcl" / "merged" / path
+        summary = read_json(out / "summary.json")
+        assert summary["category_set"] == "quick" and summary["n_missing"] == 0 and summary["n_items"] > 0
+        assert summary["path"] == path and summary["n_failed_requests"] == 0
+        assert (out / "result").is_dir() and list((out / "score").glob("data_*.csv"))  # bfcl's own files
+        items = list(csv.DictReader((out / "items.csv").open()))
+        assert len(items) == summary["n_items"]
+        cats = list(csv.DictReader((out / "categories.csv").open()))
+        assert {c["category"] for c in cats} == set(summary["per_category"])
+        assert any(k.startswith("web_search") for k in summary["skipped"]) and "memory_vector" in summary["skipped"] and summary["overall"]["comparable_to_public_board"] is False
+        assert "delta_vs_base" in summary
+        trail = summary["audit"]  # what scored it, against which server, with which sampling
+        assert trail["server"]["vllm_version"] and "vllm.entrypoints.openai.api_server" in " ".join(trail["server"]["argv"])
+        assert trail["served_model"]["folder"] == str(merged_run / "merged") and trail["served_model"]["digests"]["tokenizer_config.json"]
+        assert trail["sampling"]["effective"]["top_p"] == {"value": 1.0, "from": "request"}
+        assert trail["data"]["data_commit"] == "f7cf735" and trail["include_input_log"] is True
+    native = read_json(merged_run / "bfcl" / "merged" / "native" / "summary.json")["audit"]
+    assert native["handler"]["flags"]["underscore_to_dot"] is False and native["sampling"]["sent_per_request"]["temperature"] == 0.001
     client, found = mlflow_runs(merged_run, "eval")
-    kinds = {r.data.tags["model_kind"] for r in found}
-    assert {"base", "merged"} <= kinds
+    kinds = {(r.data.tags["model_kind"], r.data.tags["bfcl_path"]) for r in found}
+    assert {(k, p) for k in ("base", "merged") for p in ("api", "native")} <= kinds
     merged = [r for r in found if r.data.tags["model_kind"] == "merged"][0]
     assert merged.data.tags["bfcl_set"] == "quick"
     assert {a.path for a in client.list_artifacts(merged.info.run_id)} >= {"summary.json", "categories.csv", "items.csv"}

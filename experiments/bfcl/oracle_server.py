@@ -11,6 +11,8 @@ names a mode, else --mode; GET /v1/models lists them):
   none       plain text, never a call
   mixed      one of the four above per question (fixed by a hash of its id): non-trivial scores
 A message list ending in a tool result always gets a short text (ends a multi-turn step).
+POST /v1/chat/completions answers with `tool_calls` (the api path); POST /v1/completions reads
+the ChatML prompt of the native path and answers in Hermes text (experiments.bfcl.oracle_text).
 GET /stats counts requests per model and per matched id; --delay and --fail-first (one 503 per
 question and step, to exercise retries) make it behave like a slow or flaky server;
 --die-after N makes it kill itself (SIGKILL) when chat request N+1 arrives, unanswered: a server
@@ -38,7 +40,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from experiments.bfcl import spec
+from experiments.bfcl import oracle_text, spec
+from experiments.bfcl.oracle_values import first, pick, source_text
 
 MODES = ("oracle", "wrong", "malformed", "none", "mixed")
 WRONG_FUNCTION = "oracle_function_not_offered"
@@ -55,6 +58,7 @@ class Question:
     first_names: set[str]           # tool names offered at turn 0 ("." -> "_")
     ground_truth: object = None
     all_names: set[str] = field(default_factory=set)
+    prompt_turns: list[list[str]] = field(default_factory=list)  # as the prompting flow words them
 
     @property
     def multi(self) -> bool:
@@ -63,7 +67,8 @@ class Question:
 
 def load_questions(categories, ids: set[str] | None = None) -> list[Question]:
     """bfcl's own dataset and ground truth (needs BFCL_PROJECT_ROOT set to a folder of ours)."""
-    from bfcl_eval.constants.default_prompts import DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC
+    from bfcl_eval.constants.default_prompts import (DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC,
+                                                     DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_PROMPTING)
     from bfcl_eval.utils import load_dataset_entry, load_ground_truth_entry
 
     questions = []
@@ -82,87 +87,21 @@ def load_questions(categories, ids: set[str] | None = None) -> list[Question]:
             turns = [[m["content"] for m in turn if m["role"] == "user"]
                      or ([DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC] if str(i) in held_out else [])
                      for i, turn in enumerate(entry["question"])]
+            prompt_turns = [[m["content"] for m in turn if m["role"] == "user"]
+                            or ([DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_PROMPTING.format(
+                                functions=held_out[str(i)])] if str(i) in held_out else [])
+                            for i, turn in enumerate(entry["question"])]
             extra = [f for docs in held_out.values() for f in docs]
             functions = list(entry.get("function", [])) + extra
             first = {f["name"].replace(".", "_") for f in entry.get("function", [])}
             questions.append(Question(
                 id=entry["id"], category=category, turns=turns, functions=functions,
                 first_names=first, ground_truth=truth.get(entry["id"]),
-                all_names=first | {f["name"].replace(".", "_") for f in extra}))
+                all_names=first | {f["name"].replace(".", "_") for f in extra}, prompt_turns=prompt_turns))
     return questions
 
 
 # ---------------------------------------------------------------- answers (pure)
-
-def _first(options: list):
-    # Some required parameters only allow "" in bfcl's data: "" is then the answer.
-    return next((o for o in options if o != ""), "")
-
-
-def _pick(value):
-    """A possible-answer value -> one concrete value (dict values are option lists)."""
-    if isinstance(value, dict):
-        return {k: _first(opts) for k, opts in value.items() if any(o != "" for o in opts)}
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return [_pick(v) for v in value]
-    return value
-
-
-def _java(value, typ: str, nested: str | None = None) -> str:
-    """Java source text that bfcl's java_type_converter turns back into `value`."""
-    if isinstance(value, str):
-        return value  # already source text: a variable, an expression, a string
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if typ == "long":
-        return f"{value}L"
-    if typ == "float":
-        return f"{value}f"
-    if typ == "Array":  # elements go through java_type_converter(element, nested)
-        return "new Object[]{" + ", ".join(_java(v, nested) for v in value) + "}"
-    if typ == "ArrayList":  # String/char elements lose their quotes, others are converted
-        return "new ArrayList<>(Arrays.asList(" + ", ".join(
-            _java_value(v) if nested in (None, "String", "char") else _java(v, nested)
-            for v in value) + "))"
-    if typ == "HashMap":
-        return "new HashMap<String, Object>() {{ " + " ".join(
-            f'put("{k}", {_java_value(v)});' for k, v in value.items()) + " }}"
-    return _number(value)
-
-
-def _java_value(v) -> str:
-    """A literal for bfcl's parse_java_value (strings quoted)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return f'"{v}"' if isinstance(v, str) else _number(v)
-
-
-def _number(v) -> str:
-    # 500.0 -> "500": bfcl's integer and float converters both accept plain digits
-    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
-
-
-def _js(value, typ: str, nested: str | None = None) -> str:
-    """JavaScript source text that bfcl's js_type_converter turns back into `value`."""
-    def lit(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return f"'{v}'"
-        if isinstance(v, list):
-            return "[" + ", ".join(lit(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k}: {lit(x)}" for k, x in v.items()) + "}"
-        return _number(v)
-
-    if isinstance(value, str):
-        return value  # already source text
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if typ == "Bigint":
-        return f"{value}n"
-    return lit(value)
-
 
 def _arguments(params: dict, doc: dict, language: str) -> dict:
     props = doc["parameters"].get("properties", {})
@@ -172,29 +111,10 @@ def _arguments(params: dict, doc: dict, language: str) -> dict:
         if not options or ("" in options and name not in required):
             continue  # optional: bfcl accepts it omitted (no options: a data gap nobody can match)
         if language == "python":
-            args[name] = _pick(_first(options))
+            args[name] = pick(first(options))
         else:
-            args[name] = _source_text(options, props.get(name, {}), language)
+            args[name] = source_text(options, props.get(name, {}), language)
     return args
-
-
-def _source_text(options: list, prop: dict, language: str) -> str:
-    """Java/JS parameters are source text: the first encoding of an allowed value that bfcl's
-    own type converter turns back into an allowed value."""
-    from bfcl_eval.eval_checker.ast_eval.type_convertor.java_type_converter import java_type_converter
-    from bfcl_eval.eval_checker.ast_eval.type_convertor.js_type_converter import js_type_converter
-
-    typ, nested = prop.get("type", "String"), (prop.get("items") or {}).get("type")
-    encode, convert = (_java, java_type_converter) if language == "java" else (_js, js_type_converter)
-    values = [_pick(o) for o in options if o != ""] or [""]
-    texts = [encode(v, typ, nested) for v in values]
-    for text in texts:
-        try:
-            if convert(text, typ, nested) in values:
-                return text
-        except Exception:  # bfcl's converters raise on types they do not implement
-            continue
-    return texts[0]
 
 
 def _placeholder_args(tool: dict) -> dict:
@@ -214,8 +134,9 @@ def _parse_call(text: str, functions: list[dict]) -> tuple[str, dict]:
     return name, args
 
 
-def oracle_answer(q: Question, turn: int, tools: list[dict]) -> list[tuple[str, dict]] | str:
-    """The right answer for question `q` at `turn`: calls, or text where no call is due."""
+def oracle_answer(q: Question, turn: int, tools: list[dict], dotted: bool = False) -> list[tuple[str, dict]] | str:
+    """The right answer for question `q` at `turn`: calls, or text where no call is due. Names as
+    offered: "." -> "_" on the chat API, kept when `dotted` (the native path's prompt)."""
     if q.category in spec.IRRELEVANCE:
         return NO_CALL_TEXT
     if q.category in spec.RELEVANCE:
@@ -227,7 +148,7 @@ def oracle_answer(q: Question, turn: int, tools: list[dict]) -> list[tuple[str, 
         return [_parse_call(c, q.functions) for c in calls] or NO_CALL_TEXT
     language = {"simple_java": "java", "simple_javascript": "javascript"}.get(q.category, "python")
     docs = {f["name"]: f for f in q.functions}
-    return [(name.replace(".", "_"), _arguments(params, docs[name], language))
+    return [(name if dotted else name.replace(".", "_"), _arguments(params, docs[name], language))
             for expected in q.ground_truth for name, params in expected.items()]
 
 
@@ -238,14 +159,15 @@ class Oracle:
             first = q.turns[0][0] if q.turns and q.turns[0] else ""
             self.by_text[first].append(q)
 
-    def match(self, users: list[str], names: set[str]) -> tuple[Question | None, int, bool]:
+    def match(self, users: list[str], names: set[str], prompting: bool = False) -> tuple[Question | None, int, bool]:
         """(question, turn, ambiguous) for a request's user texts and offered tool names."""
         found = []
+        names = {n.replace(".", "_") for n in names}
         for q in self.by_text.get(users[0] if users else "", []):
             if not (q.first_names <= names <= (q.all_names if q.multi else q.first_names)):
                 continue
             for turn in range(len(q.turns) if q.multi else 1):
-                if [t for ts in q.turns[:turn + 1] for t in ts] == users:
+                if [t for ts in (q.prompt_turns if prompting else q.turns)[:turn + 1] for t in ts] == users:
                     found.append((q, turn))
                     break
         if not found:
@@ -260,10 +182,24 @@ class Oracle:
         users = [m.get("content") for m in messages if m.get("role") == "user"]
         names = {t["function"]["name"] for t in tools}
         q, turn, ambiguous = self.match(users, names)
+        answer, test_id = self.answer(mode, q, turn, tools, messages and messages[-1].get("role") == "tool")
+        return _message(answer), test_id, ambiguous
+
+    def complete(self, mode: str, body: dict) -> tuple[str, str, bool]:
+        """/v1/completions: (Hermes text, matched id or "?", ambiguous) for a native-path prompt."""
+        prompt = oracle_text.parse_prompt(body.get("prompt", ""))
+        tools = oracle_text.as_chat_tools(prompt["tools"])
+        q, turn, ambiguous = self.match(prompt["users"], {t["function"]["name"] for t in tools}, prompting=True)
+        answer, test_id = self.answer(mode, q, turn, tools, prompt["after_tool"], dotted=True)
+        return oracle_text.hermes(answer), test_id, ambiguous
+
+    def answer(self, mode: str, q: Question | None, turn: int, tools: list[dict], after_tool: bool,
+               dotted: bool = False):
+        """(answer, matched id or "?"): calls [(name, arguments)] or text."""
         test_id = q.id if q else "?"
         if mode == "mixed":
             mode = MODES[zlib.crc32(test_id.encode()) % 4]
-        if messages and messages[-1].get("role") == "tool":
+        if after_tool:
             answer = "Done."
         elif mode == "none":
             answer = NO_CALL_TEXT
@@ -274,8 +210,8 @@ class Oracle:
         elif q is None:
             answer = "Unknown question."
         else:
-            answer = oracle_answer(q, turn, tools)
-        return _message(answer), test_id, ambiguous
+            answer = oracle_answer(q, turn, tools, dotted)
+        return answer, test_id
 
 
 _call_ids = iter(range(10**12))
@@ -301,11 +237,15 @@ class Stats:
     def reset(self):
         self.models: dict[str, dict] = {}
 
-    def record(self, model: str, test_id: str, ambiguous: bool, failed: bool):
+    def record(self, model: str, test_id: str, ambiguous: bool, failed: bool, body: dict | None = None):
         with self.lock:
             m = self.models.setdefault(model, {"requests": 0, "by_id": Counter(), "ambiguous": 0,
-                                               "unmatched": 0, "injected_failures": 0})
+                                               "unmatched": 0, "injected_failures": 0, "params": Counter()})
             m["requests"] += 1
+            # every request parameter but the content (sampling, max_tokens): what the client sent
+            m["params"][json.dumps({k: v for k, v in (body or {}).items()
+                                    if k not in ("prompt", "messages", "tools", "max_tokens")}, sort_keys=True)] += 1
+            m.setdefault("max_tokens", []).append((body or {}).get("max_tokens"))
             m["by_id"][test_id] += 1
             m["ambiguous"] += ambiguous
             m["unmatched"] += test_id == "?"
@@ -359,28 +299,35 @@ def make_server(oracle: Oracle, host: str, port: int, default_mode: str = "oracl
             if self.path == "/reset":
                 stats.reset()
                 return self._send(200, {"status": "reset"})
-            if self.path != "/v1/chat/completions":
+            if self.path not in ("/v1/chat/completions", "/v1/completions"):
                 return self._send(404, {"error": "not found"})
             if not self._authorized():
                 return
             if die_after is not None and next(arrived) > die_after:
                 os.kill(os.getpid(), signal.SIGKILL)  # this request is never answered
+            text = self.path == "/v1/completions"
             model = body.get("model", "")
             mode = model if model in MODES else default_mode
+            key = f"{model} (completions)" if text else model  # /stats: one entry per endpoint
             try:
-                message, test_id, ambiguous = oracle.reply(mode, body)
+                message, test_id, ambiguous = (oracle.complete if text else oracle.reply)(mode, body)
             except Exception as exc:  # an oracle bug: say so rather than drop the connection
-                stats.record(model, "!", False, False)
+                stats.record(key, "!", False, False, body)
                 return self._send(500, {"error": {"message": f"oracle: {exc!r}", "code": 500}})
             if delay_s:
                 time.sleep(delay_s)
-            step = (model, test_id, len(body.get("messages", [])))
+            step = (key, test_id, len(body.get("prompt") or body.get("messages", [])))
             with seen_lock:
                 fail = fail_first and step not in seen
                 seen.add(step)
-            stats.record(model, test_id, ambiguous, fail)
+            stats.record(key, test_id, ambiguous, fail, body)
             if fail:
                 return self._send(503, {"error": {"message": "injected transient failure", "code": 503}})
+            if text:
+                return self._send(200, {
+                    "id": f"cmpl-{next(_call_ids)}", "object": "text_completion", "created": int(time.time()),
+                    "model": model, "choices": [{"index": 0, "text": message, "logprobs": None, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
             self._send(200, {
                 "id": f"chatcmpl-{next(_call_ids)}", "object": "chat.completion",
                 "created": int(time.time()), "model": model,

@@ -1,7 +1,12 @@
 """Evaluate one served model on BFCL: bfcl-eval generates and scores, we tabulate.
 
     python -m experiments.bfcl --base-url http://127.0.0.1:8000/v1 --model merged \
-        --out results/<run_id>/bfcl/merged --categories quick
+        --out results/<run_id>/bfcl/merged/api --categories quick [--path native --tokenizer DIR]
+
+Paths (both scored by bfcl-eval's own checker): `api` is bfcl's chat-completions handler against
+the server's OpenAI API (the server parses tool calls); `native` is bfcl's local-model flow with
+the leaderboard's Qwen2.5 FC handler on /v1/completions (experiments.bfcl.qwen25_fc), which needs
+the served model's tokenizer folder (token counts, context length for max_tokens).
 
 `out_dir` becomes bfcl-eval's project root: its own result/ and score/ (with data_*.csv) live
 there, next to ours: items.csv, categories.csv, summary.json. Rerunning on the same folder
@@ -20,13 +25,14 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.bfcl import spec, tables
+from experiments.bfcl import audit, spec, tables
 from experiments.bfcl.tables import META_FILE
 from experiments.core.envs import subprocess_env
 from experiments.core.paths import REPO_ROOT
 from experiments.core.runs import write_json_atomic, write_text_atomic
 
 JOB_FILE = "bfcl_job.json"
+UNCHANGED_IDS = REPO_ROOT / "data" / "bfcl_v3_v4_unchanged_ids.json"  # scripts/bfcl_unchanged_ids.py
 LOG_FILE = "bfcl.log"
 DEFAULT_NUM_THREADS = 16  # vLLM batches concurrent requests; bfcl's own default is 1 (serial)
 
@@ -54,20 +60,40 @@ def check_server(base_url: str, served_model_name: str, api_key: str | None = No
         raise BfclError(f"{base_url} does not serve {served_model_name!r}; it serves {served}")
 
 
+def tokenizer_folder(path: str | Path | None) -> Path:
+    """The native path loads the served model's tokenizer and config (bfcl's OSSHandler): fail
+    before anything is generated when the folder cannot provide them."""
+    if not path:
+        raise BfclError("the native path needs the served model's folder for its tokenizer: "
+                        "TOKENIZER=<model folder> (bfcl.tokenizer)")
+    folder = Path(path).expanduser().resolve()
+    missing = [f for f in ("config.json", "tokenizer_config.json") if not (folder / f).is_file()]
+    if missing:
+        raise BfclError(f"bfcl.tokenizer={path}: {folder} lacks {', '.join(missing)}")
+    return folder
+
+
 def run_bfcl(base_url: str, served_model_name: str, out_dir: str | Path,
              categories: str | Sequence[str] = "quick", *,
              num_threads: int = DEFAULT_NUM_THREADS, quick_per_category: int | None = None,
              seed: int = 0, api_key: str | None = None, temperature: float = 0.0,
              max_retries: int = 5, request_timeout_s: float = 600.0,
-             python: str | Path | None = None) -> dict:
+             python: str | Path | None = None, path: str = "api", tokenizer_path: str | Path | None = None,
+             sampling: dict | None = None, include_input_log: bool = False, server: dict | None = None) -> dict:
     """Generate with bfcl-eval against `base_url` (OpenAI-compatible, tools via chat completions),
     score with bfcl-eval, write our tables and return summary.json's content.
 
     `categories`: "full", "quick" (quick_per_category seeded ids of each, default
     spec.QUICK_PER_CATEGORY) or a list of bfcl category names (all ids unless
     quick_per_category is given). `python`: interpreter with bfcl-eval (default: this one).
+    `path`: "api" or "native" (needs `tokenizer_path`). `sampling`: sent with every request (the
+    neutral values of conf/bfcl). `server`: the run's endpoint.json, recorded in the audit trail.
     """
     set_name, category_list, per_category = spec.resolve(categories, quick_per_category)
+    if path not in ("api", "native"):
+        raise BfclError(f"bfcl.path={path!r}: expected api, native or both")
+    if path == "native":
+        tokenizer_path = tokenizer_folder(tokenizer_path)
     check_server(openai_base_url(base_url), served_model_name, api_key)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +102,9 @@ def run_bfcl(base_url: str, served_model_name: str, out_dir: str | Path,
     job = {"model_key": key, "served_model_name": served_model_name, "categories": category_list,
            "per_category": per_category, "seed": seed, "num_threads": num_threads,
            "temperature": temperature, "max_retries": max_retries,
-           "base_url": openai_base_url(base_url)}
+           "base_url": openai_base_url(base_url), "path": path,
+           "tokenizer_path": str(tokenizer_path) if tokenizer_path else None,
+           "sampling": dict(sampling or {}), "include_input_log": include_input_log}
     write_json_atomic(out / JOB_FILE, job)
     (out / META_FILE).unlink(missing_ok=True)  # never tabulate a previous attempt's meta
 
@@ -86,6 +114,11 @@ def run_bfcl(base_url: str, served_model_name: str, out_dir: str | Path,
         "OPENAI_API_KEY": api_key or "EMPTY",  # required by the client even for a keyless server
         "BFCL_MAX_RETRIES": max_retries,
         "BFCL_REQUEST_TIMEOUT_S": request_timeout_s,
+        "BFCL_SAMPLING": json.dumps(job["sampling"]),
+        # bfcl's OSSHandler (native path): the running server, and the folder for its tokenizer
+        "REMOTE_OPENAI_BASE_URL": job["base_url"],
+        "REMOTE_OPENAI_API_KEY": api_key or "EMPTY",
+        "REMOTE_OPENAI_TOKENIZER_PATH": job["tokenizer_path"] or "",
     })
     started = time.monotonic()
     with open(out / LOG_FILE, "ab") as log:
@@ -95,10 +128,11 @@ def run_bfcl(base_url: str, served_model_name: str, out_dir: str | Path,
     if rc != 0 or not (out / META_FILE).exists():
         tail = (out / LOG_FILE).read_text(errors="replace")[-3000:]
         raise BfclError(f"bfcl-eval failed (exit {rc}); log {out / LOG_FILE}:\n{tail}")
-    return tabulate(out, set_name=set_name, wall_time_s=wall, repaired=repaired)
+    trail = audit.trail(job, server=server, server_version=audit.server_version(job["base_url"], api_key))
+    return tabulate(out, set_name=set_name, wall_time_s=wall, repaired=repaired, trail=trail)
 
 
-def tabulate(out: Path, *, set_name: str, wall_time_s: float, repaired: dict) -> dict:
+def tabulate(out: Path, *, set_name: str, wall_time_s: float, repaired: dict, trail: dict | None = None) -> dict:
     """bfcl-eval's files in `out` -> items.csv, categories.csv, summary.json."""
     job = json.loads((out / JOB_FILE).read_text())
     meta = json.loads((out / META_FILE).read_text())
@@ -106,15 +140,37 @@ def tabulate(out: Path, *, set_name: str, wall_time_s: float, repaired: dict) ->
     results = tables.load_results(out, key)
     headers, failures = tables.load_scores(out, key)
     scored = {i for ids in meta["plan"].values() for i in ids if not spec.is_prereq(i)}
-    items = tables.item_rows(results, failures, meta["offered_tools"], scored)
+    items = tables.item_rows(results, failures, meta["offered_tools"], scored, text_calls=job.get("path") == "native")
     categories = tables.category_rows(headers, list(meta["plan"]))
     write_text_atomic(out / "items.csv", _csv(items))
     write_text_atomic(out / "categories.csv", _csv(categories))
     summary = tables.build_summary(meta=meta, job=job, set_name=set_name, categories=categories,
                                    items=items, wall_time_s=wall_time_s, repaired=repaired,
                                    prereqs_failed=tables.failed_prereqs(out, key))
+    summary["audit"] = {**(trail or {}), "out": str(out), "handler": meta.get("handler"), "data": data_version(meta.get("data"))}
+    summary["v3_v4_unchanged"] = {"ids_file": str(UNCHANGED_IDS.relative_to(REPO_ROOT)),
+                                  "per_category": tables.matched_accuracy(items, unchanged_ids())}
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def data_version(data: dict | None) -> dict | None:
+    """The worker's data record plus the gorilla data commit its files match (the sha256 list
+    recorded with the unchanged-ids file), else "unknown"."""
+    if not data or not UNCHANGED_IDS.is_file():
+        return data
+    v4 = json.loads(UNCHANGED_IDS.read_text())["v4"]
+    known = v4["sha256"]
+    checked = {k: v for k, v in data["files"].items() if k in known}
+    same = bool(checked) and all(known[k] == v for k, v in checked.items())
+    return {**data, "data_commit": v4["commit"] if same else "unknown",
+            "files_checked_against_commit": len(checked)}
+
+
+def unchanged_ids() -> dict[str, list[str]] | None:
+    if not UNCHANGED_IDS.is_file():
+        return None
+    return {c: v["ids"] for c, v in json.loads(UNCHANGED_IDS.read_text())["categories"].items()}
 
 
 def attach_baseline(summary_path: Path, base_summary_path: Path) -> dict:
@@ -145,11 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--api-key", default=None)
+    p.add_argument("--path", choices=("api", "native"), default="api")
+    p.add_argument("--tokenizer", default=None, help="native path: the served model's folder")
     p.add_argument("--base-summary", default=None, help="base model's summary.json: add the delta")
     a = p.parse_args(argv)
     summary = run_bfcl(a.base_url, a.model, a.out, a.categories, num_threads=a.num_threads,
                        quick_per_category=a.per_category, seed=a.seed, api_key=a.api_key,
-                       temperature=a.temperature)
+                       temperature=a.temperature, path=a.path, tokenizer_path=a.tokenizer)
     if a.base_summary:
         summary = attach_baseline(Path(a.out) / "summary.json", Path(a.base_summary))
     print(json.dumps({"headline": summary["headline"], "n_items": summary["n_items"],

@@ -22,7 +22,7 @@ _EXACT = {
     "simple_function_checker:missing_required": "missing_parameter",
     "simple_function_checker:missing_optional": "missing_parameter",  # omitted, not optional here
     "simple_function_checker:unexpected_param": "unexpected_parameter",
-    "ast_decoder:decoder_failed": "undecodable_output",
+    "ast_decoder:decoder_failed": "undecodable_output",               # split by undecodable_kind
     "ast_decoder:decoder_wrong_output_format": "undecodable_output",
     "irrelevance_error:decoder_success": "irrelevance_failure",
     "multi_turn:irrelevance_error:decoder_success": "irrelevance_failure",
@@ -40,9 +40,10 @@ _EXACT = {
 _PREFIX = {"type_error:": "type_error", "value_error:": "value_error",
            "dict_checker:": "value_error", "list_dict_checker:": "value_error"}
 BUCKETS = ["wrong_function_name", "wrong_count", "missing_parameter", "unexpected_parameter",
-           "type_error", "value_error", "undecodable_output", "irrelevance_failure", "missed_call",
+           "type_error", "value_error", "text_answer", "malformed_call", "irrelevance_failure", "missed_call",
            "multi_turn_mismatch", "step_limit", "answer_not_found", "inference_error", "other"]
 INFERENCE_ERROR_PREFIX = "Error during inference"  # what bfcl records when a request failed
+TOOL_CALL_TAG = "<tool_call>"
 
 # data_overall.csv columns that are not accuracies.
 _NOT_ACCURACY = {"Rank", "Model", "Model Link", "Total Cost ($)", "Latency Mean (s)",
@@ -203,15 +204,36 @@ def error_bucket(error_type: str, failed: dict | None = None) -> str:
     return "other"
 
 
-def decode_calls(result, nested: bool) -> list[dict] | None:
-    """Calls in a bfcl FC result ([{name: arguments_json}], per turn and step when nested);
+def undecodable_kind(raw) -> str:
+    """An answer bfcl could not decode into calls: `text_answer` (prose, no call attempted) or
+    `malformed_call` (a `<tool_call>` block, or call objects, that did not parse)."""
+    return "text_answer" if isinstance(raw, str) and TOOL_CALL_TAG not in raw else "malformed_call"
+
+
+def decode_text_calls(raw: str) -> list[dict] | None:
+    """Calls in a native-path completion text, as the ported handler reads them; None for prose
+    or a block it cannot read. Display only."""
+    from experiments.bfcl.qwen25_fc import decode_calls as decode_hermes
+
+    try:
+        calls = decode_hermes(raw)
+    except ValueError:
+        return None
+    return [{"name": n, "arguments": a} for call in calls for n, a in call.items()] or None
+
+
+def decode_calls(result, nested: bool, text_calls: bool = False) -> list[dict] | None:
+    """Calls in a bfcl FC result ([{name: arguments_json}] on the api path, completion text with
+    `<tool_call>` blocks when `text_calls`: the native path), per turn and step when nested;
     None when the answer was text (no call could be decoded). Display only: bfcl decodes again
     when it scores."""
     if nested:
         if not isinstance(result, list):
             return None
         steps = [step for turn in result if isinstance(turn, list) for step in turn]
-        return [call for step in steps for call in (decode_calls(step, False) or [])]
+        return [call for step in steps for call in (decode_calls(step, False, text_calls) or [])]
+    if isinstance(result, str) and text_calls:
+        return decode_text_calls(result)
     if not isinstance(result, list):
         return None
     calls = []
@@ -228,23 +250,28 @@ def decode_calls(result, nested: bool) -> list[dict] | None:
 
 
 def item_rows(results: dict[str, dict], failures: dict[str, dict], offered: dict[str, list[str]],
-              scored: set[str]) -> list[dict]:
+              scored: set[str], text_calls: bool = False) -> list[dict]:
     """One row per scored id that has a result."""
     rows = []
     for test_id in sorted(scored & results.keys(), key=_id_order):
         category = spec.category_of(test_id)
         raw = results[test_id]["result"]
-        calls = decode_calls(raw, nested=category in spec.MULTI_TURN or category in spec.MEMORY)
+        calls = decode_calls(raw, category in spec.MULTI_TURN or category in spec.MEMORY, text_calls)
         failed = failures.get(test_id)
         error_type = bfcl_error_type(failed) if failed else ""
         bucket = ""
         if failed:
             bucket = "inference_error" if _is_inference_error(raw) else error_bucket(error_type, failed)
+            if bucket == "undecodable_output" or (bucket == "wrong_count" and isinstance(raw, str) and not calls):
+                # No call read from a text answer: the api handler fails to decode it, the native
+                # decoder reads zero calls (bfcl: wrong_count). Either way: prose or a broken call.
+                bucket = undecodable_kind(raw)
         names = set(offered.get(test_id, []))
         hallucinated = sorted({c["name"] for c in calls or []} - names) if test_id in offered else []
         rows.append({
             "id": test_id, "category": category, "valid": failed is None,
             "error_type": error_type, "error_bucket": bucket,
+            "error": json.dumps(failed.get("error"), ensure_ascii=False) if failed else "",  # bfcl's full text
             "hallucinated_functions": ";".join(hallucinated),
             "n_calls": len(calls) if calls is not None else "",
             "decoded_calls": json.dumps(calls, ensure_ascii=False) if calls is not None else "",
@@ -320,6 +347,7 @@ def build_summary(*, meta: dict, job: dict, set_name: str, categories: list[dict
     prereqs_failed = list(prereqs_failed)
     return {
         "model": job["served_model_name"],
+        "path": job.get("path", "api"),
         "bfcl_model_key": meta["model_key"],
         "bfcl_eval_version": meta["bfcl_eval_version"],
         "category_set": set_name,
@@ -347,9 +375,24 @@ def build_summary(*, meta: dict, job: dict, set_name: str, categories: list[dict
         "latency_s": {k: overall_row.get(k) for k in
                       ("Latency Mean (s)", "Latency Standard Deviation (s)", "Latency 95th Percentile (s)")},
         "timings_s": {**meta["timings_s"], "wall": wall_time_s},
-        "settings": {k: job[k] for k in ("base_url", "num_threads", "temperature", "max_retries")},
+        "settings": {k: job.get(k) for k in ("base_url", "path", "num_threads", "temperature", "max_retries",
+                                             "sampling", "tokenizer_path")},
         "resume": repaired,
     }
+
+
+def matched_accuracy(items: list[dict], matched: dict[str, list[str]] | None) -> dict | None:
+    """Accuracy per single-turn category over the ids unchanged between BFCL v3 and v4 only
+    (data/bfcl_v3_v4_unchanged_ids.json): where a v3 anchor is the only one, compare on these."""
+    if not matched:
+        return None
+    out = {}
+    for category, ids in matched.items():
+        rows = [r for r in items if r["category"] == category and r["id"] in set(ids)]
+        if rows:
+            correct = sum(bool(r["valid"]) for r in rows)
+            out[category] = {"total": len(rows), "correct": correct, "accuracy": 100.0 * correct / len(rows)}
+    return out
 
 
 def baseline_delta(tuned: dict, base: dict) -> dict:

@@ -87,47 +87,43 @@ def breaker_from_env() -> Breaker:
                    {"Authorization": f"Bearer {key}"} if key else {})
 
 
-def _handler_class(breaker: Breaker):
-    import openai
-    from bfcl_eval.model_handler.api_inference.openai_completion import OpenAICompletionsHandler
-
-    class LocalChatHandler(OpenAICompletionsHandler):
-        """bfcl's chat-completions handler (tools, OPENAI_BASE_URL/OPENAI_API_KEY), with the
-        OpenAI client's retry budget and timeout set by us, and the breaker in front of every
-        request. The client retries connection errors, 408/409/429 and 5xx with exponential
-        backoff; bfcl itself only adds a retry on 429 (RateLimitError), and records any other
-        failure as the item's answer."""
-
-        def _build_client_kwargs(self):
-            kwargs = super()._build_client_kwargs()
-            kwargs["max_retries"] = int(os.environ.get("BFCL_MAX_RETRIES", "5"))
-            kwargs["timeout"] = float(os.environ.get("BFCL_REQUEST_TIMEOUT_S", "600"))
-            return kwargs
-
-        def generate_with_backoff(self, **kwargs):
-            breaker.check()
-            try:
-                return super().generate_with_backoff(**kwargs)
-            except openai.APIConnectionError as exc:  # refused, dropped, timed out
-                breaker.connection_failed(exc)
-                raise
-
-    return LocalChatHandler
+PATHS = ("api", "native")
 
 
-def register(key: str, served_model_name: str, breaker: Breaker) -> None:
-    """Add our model to bfcl-eval's registry as a function-calling (FC) model."""
+def register(key: str, served_model_name: str, path: str, breaker: Breaker) -> dict:
+    """Add our model to bfcl-eval's registry as a function-calling (FC) model; returns the
+    handler's class and flags for the audit trail.
+
+    api: bfcl's chat-completions handler, tools in OpenAPI form with "." -> "_" in names (the
+    checker maps them back), the server parses the calls. native: the leaderboard's Qwen2.5 FC
+    handler on /v1/completions, names kept as they are (underscore_to_dot=False)."""
     from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING, ModelConfig
 
+    from experiments.bfcl import handlers, qwen25_fc
+
+    handlers.BREAKER = breaker  # in front of every request of either handler
+    if path not in PATHS:
+        raise SystemExit(f"bfcl path {path!r}: expected one of {PATHS}")
+    handler = handlers.LocalChatHandler if path == "api" else handlers.Qwen25FCHandler
+    underscore_to_dot = path == "api"
     MODEL_CONFIG_MAPPING[key] = ModelConfig(
         model_name=served_model_name,                 # the `model` field of each request
-        display_name=f"{served_model_name} (FC)".replace(",", " "),  # bfcl joins CSV cells with ","
+        display_name=f"{served_model_name} (FC {path})".replace(",", " "),  # bfcl joins CSV cells with ","
         url="", org="local", license="",
-        model_handler=_handler_class(breaker),
+        model_handler=handler,
         input_price=None, output_price=None,
         is_fc_model=True,
-        underscore_to_dot=True,  # tools go out with "." -> "_" in names; the checker maps back
+        underscore_to_dot=underscore_to_dot,
     )
+    flags = {"is_fc_model": True, "underscore_to_dot": underscore_to_dot}
+    if path == "native":
+        flags = {**qwen25_fc.HANDLER_FLAGS, **flags}
+    else:
+        flags.update(endpoint="/v1/chat/completions", tools="OpenAPI form (bfcl convert_to_tool)",
+                     tool_call_parsing="server side")
+    return {"class": f"{handler.__module__}.{handler.__qualname__}",
+            "base_class": f"{handler.__mro__[1].__module__}.{handler.__mro__[1].__qualname__}",
+            "flags": flags}
 
 
 @contextmanager
@@ -160,12 +156,29 @@ def _plain(value):
         return str(value)
 
 
-def _offered_tools(entry: dict) -> list[str]:
-    """Tool names as the request carried them ("." -> "_"), held-out ones included."""
+def _offered_tools(entry: dict, underscore_to_dot: bool) -> list[str]:
+    """Tool names as the request carried them ("." -> "_" on the api path), held-out ones included."""
     functions = list(entry.get("function", []))
     for held_out in (entry.get("missed_function") or {}).values():
         functions.extend(held_out)
-    return sorted({f["name"].replace(".", "_") for f in functions})
+    return sorted({f["name"].replace(".", "_") if underscore_to_dot else f["name"] for f in functions})
+
+
+def data_record(categories: list[str]) -> dict:
+    """Which BFCL data scored: bfcl's version prefix and sha256 of each question/answer file used."""
+    from bfcl_eval.constants.category_mapping import VERSION_PREFIX
+    from bfcl_eval.constants.eval_config import POSSIBLE_ANSWER_PATH, PROMPT_PATH
+
+    from experiments.bfcl.audit import sha256_file
+
+    stems = sorted({"memory" if c.startswith("memory_") else c for c in categories})
+    files = {}
+    for folder, tag in ((PROMPT_PATH, "question"), (POSSIBLE_ANSWER_PATH, "answer")):
+        for stem in stems:
+            path = folder / f"{VERSION_PREFIX}_{stem}.json"
+            if path.is_file():
+                files[f"{tag}/{path.name}"] = sha256_file(path)
+    return {"version": VERSION_PREFIX, "files": files}
 
 
 def _existing_ids(result_dir: Path) -> set[str]:
@@ -206,7 +219,7 @@ def main(job_path: str) -> int:
     root = Path(os.environ["BFCL_PROJECT_ROOT"]).resolve()
     key, categories, k = job["model_key"], job["categories"], job["per_category"]
     breaker = breaker_from_env()
-    register(key, job["served_model_name"], breaker)
+    handler = register(key, job["served_model_name"], job["path"], breaker)
     tolerate_single_latency()
 
     from bfcl_eval.__main__ import cli
@@ -229,6 +242,8 @@ def main(job_path: str) -> int:
     generate = ["generate", *common, "--temperature", str(job["temperature"]),
                 "--num-threads", str(job["num_threads"])]
     generate += ["--run-ids"] if k else ["--test-category", ",".join(categories)]
+    generate += ["--skip-server-setup"] if job["path"] == "native" else []
+    generate += ["--include-input-log"] if job.get("include_input_log") else []
     evaluate = ["evaluate", *common, "--test-category", ",".join(categories)]
     evaluate += ["--partial-eval"] if k else []
 
@@ -240,11 +255,13 @@ def main(job_path: str) -> int:
         cli(evaluate, standalone_mode=False)
     t2 = time.monotonic()
 
-    offered = {e["id"]: _offered_tools(e) for c in categories for e in entries[c]
+    offered = {e["id"]: _offered_tools(e, handler["flags"]["underscore_to_dot"]) for c in categories for e in entries[c]
                if e["id"] in planned and not spec.is_prereq(e["id"])}
     write_json_atomic(root / META_FILE, {
         "bfcl_eval_version": version("bfcl-eval"),
         "model_key": key,
+        "handler": handler,
+        "data": data_record(categories),
         "commands": {"generate": generate, "evaluate": evaluate},
         "timings_s": {"generate": t1 - t0, "evaluate": t2 - t1},
         "server_unreachable": {"reason": breaker.reason, "requests_not_sent": breaker.refused},

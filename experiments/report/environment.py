@@ -102,10 +102,16 @@ def reproduce_commands(d: dict) -> list[tuple[str, list[str]]]:
         cmds[0][1].insert(0, f"make compare METHODS={methods} COMPARISON={comparison} PROFILE={profile}   # all of them, reusing finished runs")
     cmds.append(("Merge", [f"make merge RUN={sid} PROFILE={profile}"]))
     evals = []
+    def bfcl_path(by_path: dict | None) -> str:
+        paths = sorted(by_path or {})
+        return f" BFCL_PATH={'both' if len(paths) > 1 else paths[0]}" if paths else ""
+
     if subject.get("bfcl") is not None:
-        evals.append(f"make eval RUN={sid} MODEL={kind} BFCL={subject['bfcl']['category_set']} PROFILE={profile}")
+        evals.append(f"make eval RUN={sid} MODEL={kind} BFCL={subject['bfcl']['category_set']}"
+                     f"{bfcl_path(subject.get('bfcl_paths'))} PROFILE={profile}")
     if d["base"] is not None:
-        evals.append(f"make eval RUN={d['base']['run']} MODEL=base BFCL={d['base']['summary']['category_set']} PROFILE={profile}")
+        evals.append(f"make eval RUN={d['base']['run']} MODEL=base BFCL={d['base']['summary']['category_set']}"
+                     f"{bfcl_path(d['base'].get('by_path'))} PROFILE={profile}")
     cmds.append(("BFCL", evals or [f"make eval RUN={sid} MODEL={kind} PROFILE={profile}"]))
     if bench and bench["levels"]:
         cmds.append(("Serving", [bench_command(sid, kind, bench["levels"], profile)]))

@@ -39,8 +39,20 @@ def all_runs(results: Path) -> list[dict]:
     return runs.list_runs(results)
 
 
+BFCL_PATHS = ("api", "native")  # results/<run>/bfcl/<kind>/<path>/summary.json (experiments.bfcl.stage)
+
+
+def bfcl_summaries(run_dir: Path, kind: str) -> dict[str, dict]:
+    """{path: summary} of every scoring path `make eval` wrote for (run, kind)."""
+    found = {p: read_json_or_none(Path(run_dir) / "bfcl" / kind / p / "summary.json") for p in BFCL_PATHS}
+    return {p: s for p, s in found.items() if s is not None}
+
+
 def bfcl_summary(run_dir: Path, kind: str) -> dict | None:
-    return read_json_or_none(Path(run_dir) / "bfcl" / kind / "summary.json")
+    """The summary that stands for (run, kind) where one number is needed (best-run choice,
+    environment): the api path's (what a client of the served model sees), else the native one."""
+    summaries = bfcl_summaries(run_dir, kind)
+    return next((summaries[p] for p in BFCL_PATHS if p in summaries), None)
 
 
 def bench_outputs(run_dir: Path, kind: str) -> dict | None:
@@ -216,6 +228,7 @@ def gather(cfg: DictConfig, run_dir: Path, named: Sequence[str] | None = None) -
     kind = str(cfg.report.model_kind)
     subject = load_run(run_dir)
     subject["bfcl"] = bfcl_summary(subject["dir"], kind)
+    subject["bfcl_paths"] = bfcl_summaries(subject["dir"], kind)
     ids, rule = select_runs(subject["info"], all_runs(results), named)
     rows = []
     for rid in ids:
@@ -225,13 +238,14 @@ def gather(cfg: DictConfig, run_dir: Path, named: Sequence[str] | None = None) -
         r = subject if rid == subject["id"] else load_run(path)
         r["bfcl"] = bfcl_summary(r["dir"], kind)
         r["bench"] = bench_outputs(r["dir"], kind)     # the Pareto points of the Cost section
+        r["bfcl_paths"] = bfcl_summaries(r["dir"], kind)
         rows.append(r)
     # The base model's BFCL: the report run's own, else the first compared run that has one.
     base = None
     for r in rows:
         s = bfcl_summary(r["dir"], "base")
         if s is not None:
-            base = {"run": r["id"], "summary": s}
+            base = {"run": r["id"], "summary": s, "by_path": bfcl_summaries(r["dir"], "base")}
             break
     # The run's own base model vs its tuned one (section Learning): held-out prompts and BFCL.
     heldout = {k: read_json_or_none(subject["dir"] / "heldout" / k / "summary.json") for k in ("base", kind)}
