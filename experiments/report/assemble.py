@@ -26,12 +26,12 @@ from omegaconf import DictConfig
 
 from experiments.core import runs
 from experiments.core.config import ConfigError, compose
-from experiments.report import agreement, bfcl, cost, environment, learning, serving, training
+from experiments.report import agreement, bfcl, checkpoints, cost, environment, learning, serving, training
 from experiments.report.common import REPORT, ReportError, run_accelerator
 from experiments.report.files import bfcl_summary, gather, load_run
 
-SECTIONS = (training.section, bfcl.section, learning.section, serving.section, cost.section, environment.section,
-            agreement.section)
+SECTIONS = (training.section, checkpoints.section, bfcl.section, learning.section, serving.section, cost.section,
+            environment.section, agreement.section)
 
 
 def header(d: dict) -> list[str]:
@@ -68,7 +68,8 @@ def write_report(cfg: DictConfig, run_dir: Path, runs_named: Sequence[str] | Non
     sdir = d["subject"]["dir"]
     plots_dir = sdir / d["plots_dir"]
     plots = {"loss_curves": training.plot_losses(d["rows"], plots_dir / "loss_curves.png"),
-             "bfcl_categories": bfcl.plot_bfcl_categories(bfcl.measured_rows(d), plots_dir / "bfcl_categories.png")}
+             "bfcl_categories": bfcl.plot_bfcl_categories(bfcl.measured_rows(d), plots_dir / "bfcl_categories.png"),
+             "checkpoint_scores": checkpoints.plot_checkpoints(d, plots_dir / "checkpoint_scores.png")}
     plots = {k: v for k, v in plots.items() if v is not None}
     if plots_dir.is_dir():  # a plot whose data is gone must not linger beside the new report
         for old in plots_dir.glob("*.png"):
