@@ -84,11 +84,17 @@ def main(argv=None) -> int:
                     "with --runs and no --run: the best of them)")
     ap.add_argument("--runs", default=None, help="comma-separated run ids to compare (default: the run's comparison, "
                     "else the latest run of each method)")
+    ap.add_argument("--sweep", default=None, help="write the sweep report of this sweep id instead")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_intermixed_args(argv)
     try:
         cfg = compose(args.overrides)
         results = Path(cfg.paths.results)
+        if args.sweep:
+            from experiments.report import sweep
+
+            print(f"[report] {sweep.write_sweep_report(cfg, args.sweep)}")
+            return 0
         named = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
         if named and not args.run:
             rows = []
