@@ -33,7 +33,7 @@ export PYTHON
 # Freeze each user value as typed: make never expands `$(...)` inside it (not even when it exports
 # a command-line variable to a recipe's environment, which would run `$(shell ...)`).
 USER_VARS := PROFILE METHOD RUN MODEL LAUNCHER GPUS NNODES NODE_RANK MASTER_ADDR BFCL CONC RATE CAPACITY ENDPOINT \
-	METHODS COMPARISON RUNS ARGS RESUME TRACKING tracking FRESH FORCE
+	METHODS COMPARISON RUNS ARGS RESUME TRACKING tracking FRESH FORCE CHECKPOINT SWEEP SWEEP_ID POINT MAX_POINTS DRY_RUN
 $(foreach n,$(USER_VARS),$(eval override $(n) := $$(value $(n))))
 
 VENV    := .venv
@@ -53,7 +53,7 @@ STAGE_OPTS := $(call opt,RUN,--run=) $(call opt,MODEL,--model=) $(call opt,ENDPO
 LAUNCH_OPTS := $(call opt,LAUNCHER,launcher=) $(call opt,GPUS,launcher.gpus=) $(call opt,NNODES,launcher.nnodes=) \
 	$(call opt,NODE_RANK,launcher.node_rank=) $(call opt,MASTER_ADDR,launcher.master_addr=)
 
-.PHONY: help system-deps env env-train env-serve env-eval preflight train merge serve stop eval bench agree report compare all test ui clean-envs
+.PHONY: help system-deps env env-train env-serve env-eval preflight train merge serve stop eval eval-checkpoints sweep bench agree report compare all test ui clean-envs
 
 help: ## Show this help
 	@echo "Usage: make <target> [METHOD=qlora|dora|qlora_opt] [RUN=<run_id>] [MODEL=merged|adapter|base] [PROFILE=$(PROFILE)]"
@@ -81,10 +81,11 @@ preflight: env-eval ## Is this machine ready for PROFILE? driver/CUDA, GPU memor
 	@$(PREFLIGHT)
 
 train: env-eval env-train env-serve ## Train one method: make train METHOD=qlora_opt [LAUNCHER=ddp GPUS=8] [RESUME=<run_id>]
-	@$(GPU_PREFLIGHT) $(PY) experiments.train.stage $(call opt,RESUME,--resume=) $(call opt,METHOD,method=) $(HYDRA) $(LAUNCH_OPTS)
+	@$(GPU_PREFLIGHT) $(PY) experiments.train.stage $(call opt,RESUME,--resume=) $(call opt,METHOD,method=) $(HYDRA) $(LAUNCH_OPTS) \
+		&& $(PY) experiments.bfcl.checkpoints --after-training $(call opt,METHOD,method=) $(HYDRA) $(LAUNCH_OPTS)
 
-merge: env-eval env-train ## Merge a run's adapter into its base model: make merge [RUN=<run_id>]
-	@$(PY) experiments.train.merge $(call opt,RUN,--run=) $(HYDRA)
+merge: env-eval env-train ## Merge a run's adapter into its base model: make merge [RUN=<run_id>] [CHECKPOINT=best|<step>]
+	@$(PY) experiments.train.merge $(call opt,RUN,--run=) $(call opt,CHECKPOINT,--checkpoint=) $(HYDRA)
 
 serve: env-eval env-serve ## Start vLLM for a run: make serve [RUN=...] [MODEL=merged|adapter|base] | MODEL=adapters RUNS=a,b (one server)
 	@$(PY) experiments.serve.server start $(call opt,RUN,--run=) $(call opt,RUNS,--runs=) $(call opt,MODEL,--model=) $(HYDRA)
@@ -95,14 +96,21 @@ stop: env-eval ## Stop the server `make serve` started (by its PID): make stop [
 eval: env-eval env-serve ## BFCL with bfcl-eval's checker: make eval [RUN=...] [MODEL=merged|adapter|base] [BFCL=quick|full] [BFCL_PATH=api|native|both] [ENDPOINT=url TOKENIZER=dir]
 	@$(PY) experiments.bfcl.stage $(STAGE_OPTS) $(HYDRA) $(call opt,BFCL,bfcl=) $(call opt,BFCL_PATH,bfcl.path=) $(call opt,TOKENIZER,bfcl.tokenizer=)
 
+eval-checkpoints: env-eval env-serve env-train ## BFCL at every saved checkpoint of a run (one server, adapters at run time): make eval-checkpoints [RUN=...]
+	@$(PY) experiments.bfcl.checkpoints $(call opt,RUN,--run=) $(HYDRA)
+
+sweep: env ## Grid of runs from conf/sweep/<name>.yaml (resumable): make sweep SWEEP=<name> [DRY_RUN=1] [MAX_POINTS=n] [SWEEP_ID=id]
+	@$(PY) experiments.sweep.run $(call opt,SWEEP,--sweep=) $(call opt,SWEEP_ID,--id=) $(call opt,POINT,--point=) \
+		$(call opt,MAX_POINTS,--max-points=) $(if $(value DRY_RUN),--dry-run) $(HYDRA) $(LAUNCH_OPTS)
+
 bench: env-eval env-serve ## Load test: make bench [RUN=...] [MODEL=...] [CONC=32 | CONC=1,4,16,32 | RATE=10 | CAPACITY=1] [ENDPOINT=url]
 	@$(PY) experiments.bench.stage $(STAGE_OPTS) $(HYDRA) $(if $(value CONC),'bench.concurrency=[$(call v,CONC)]') $(if $(value RATE),'bench.rate=[$(call v,RATE)]') $(if $(value CAPACITY),'bench.mode=capacity')
 
 agree: env-eval env-serve ## Served loss = trained loss, adapter = merged: make agree [RUN=...] [MODEL=merged]
 	@$(PY) experiments.agree.stage $(STAGE_OPTS) $(HYDRA)
 
-report: env-eval ## Write results/<run>/report.md from the run's files: make report [RUN=...] [RUNS=a,b]
-	@$(PY) experiments.report $(call opt,RUN,--run=) $(call opt,RUNS,--runs=) $(HYDRA)
+report: env-eval ## Write results/<run>/report.md from the run's files: make report [RUN=...] [RUNS=a,b] | [SWEEP=<id>]
+	@$(PY) experiments.report $(call opt,RUN,--run=) $(call opt,RUNS,--runs=) $(call opt,SWEEP,--sweep=) $(HYDRA)
 
 all: env ## The whole chain: train -> merge -> serve -> eval -> bench -> report [METHOD=qlora_opt] [FRESH=1]
 	@$(GPU_PREFLIGHT) $(PY) experiments.pipeline $(call opt,RUN,--run=) $(if $(value FRESH),--fresh) $(call opt,METHOD,method=) $(HYDRA) $(LAUNCH_OPTS)
@@ -120,8 +128,8 @@ ui: env-eval ## Open the MLflow UI on 127.0.0.1:5000 for the local store
 	@$(PY) experiments.tracking.ui $(HYDRA)
 
 .PHONY: k8s
-k8s: env-eval ## Kubernetes manifests for a run, strictly validated: make k8s PROFILE=h100 LAUNCHER=ddp GPUS=8 NNODES=2 ARGS="run.id=ft1"
-	@$(PY) experiments.cluster.k8s $(call opt,METHOD,method=) $(HYDRA) $(LAUNCH_OPTS)
+k8s: env-eval ## Kubernetes manifests for a run (or SWEEP=<name>: an indexed Job over its grid), strictly validated: make k8s PROFILE=h100 LAUNCHER=ddp GPUS=8 NNODES=2 ARGS="run.id=ft1"
+	@$(PY) $(if $(value SWEEP),experiments.sweep.k8s $(call opt,SWEEP,--sweep=) $(call opt,SWEEP_ID,--id=),experiments.cluster.k8s $(call opt,METHOD,method=)) $(HYDRA) $(LAUNCH_OPTS)
 
 # Team tracking: PostgreSQL + MLflow server on this machine (experiments/tracking/server.py).
 # `make train tracking=postgres` (Hydra's spelling) works like TRACKING=postgres.

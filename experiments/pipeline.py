@@ -1,6 +1,6 @@
 """`make all`: the whole job as one readable script.
 
-    train -> merge -> [serve base -> eval base] -> serve -> eval (BFCL + held-out prompts)
+    train [-> BFCL per checkpoint] -> merge -> [serve base -> eval base] -> serve -> eval (BFCL + held-out prompts)
           -> bench (load test) -> agree -> stop the server -> report
 
 On this machine the CPU profile runs it on the tiny local model in minutes; on an H100 the same
@@ -57,6 +57,7 @@ def run_all(overrides: list[str], run: str | None = None, fresh: bool = False, k
     # Imported here so `make all --help` stays instant.
     from experiments.agree import stage as agreement
     from experiments.bench import stage as benchmark
+    from experiments.bfcl import checkpoints
     from experiments.bfcl import stage as evaluate
     from experiments.train import merge
     from experiments import report
@@ -87,6 +88,9 @@ def run_all(overrides: list[str], run: str | None = None, fresh: bool = False, k
         stage("train", lambda: train.resume(str(run_dir), overrides), str(run_dir / "train.log"))
     else:
         print(f"[all] resuming {run_dir} (train done)")
+    # 1b. BFCL at every saved checkpoint (train.eval_checkpoints=true), skipped once every one is scored.
+    if cfg.train.eval_checkpoints and not checkpoints.is_complete(cfg, run_dir):
+        stage("eval-checkpoints", lambda: checkpoints.evaluate_checkpoints(cfg, run_dir), str(run_dir / "bfcl_checkpoints"))
     # 2. Merge the adapter into the base model (skipped once merged/ exists).
     if kind == "merged" and not (run_dir / "merged" / "config.json").exists():
         stage("merge", lambda: merge.merge(run_dir, Path(cfg.paths.venv)), str(run_dir / "merge.log"))

@@ -19,7 +19,7 @@ LAYERS = (
     ("train", "serve"),
     ("bfcl", "bench", "agree"),
     ("report", "cluster"),
-    ("pipeline",),
+    ("pipeline", "sweep"),
 )
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

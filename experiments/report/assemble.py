@@ -26,12 +26,12 @@ from omegaconf import DictConfig
 
 from experiments.core import runs
 from experiments.core.config import ConfigError, compose
-from experiments.report import agreement, bfcl, cost, environment, learning, pareto, serving, training
+from experiments.report import agreement, bfcl, checkpoints, cost, environment, learning, pareto, serving, training
 from experiments.report.common import REPORT, ReportError, run_accelerator
 from experiments.report.files import bfcl_summary, gather, load_run
 
-SECTIONS = (training.section, bfcl.section, learning.section, serving.section, cost.section, environment.section,
-            agreement.section)
+SECTIONS = (training.section, checkpoints.section, bfcl.section, learning.section, serving.section, cost.section,
+            environment.section, agreement.section)
 
 
 def header(d: dict) -> list[str]:
@@ -68,7 +68,8 @@ def write_report(cfg: DictConfig, run_dir: Path, runs_named: Sequence[str] | Non
     sdir = d["subject"]["dir"]
     plots_dir = sdir / d["plots_dir"]
     plots = {"loss_curves": training.plot_losses(d["rows"], plots_dir / "loss_curves.png"),
-             "bfcl_categories": bfcl.plot_bfcl_categories(bfcl.measured_rows(d), plots_dir / "bfcl_categories.png")}
+             "bfcl_categories": bfcl.plot_bfcl_categories(bfcl.measured_rows(d), plots_dir / "bfcl_categories.png"),
+             "checkpoint_scores": checkpoints.plot_checkpoints(d, plots_dir / "checkpoint_scores.png")}
     if len(d["rows"]) > 1:
         price, _key = cost.hourly_price(d["cost"], run_accelerator(d["subject"]))
         plots["pareto"] = pareto.plot(pareto.points(d["rows"], d["pareto_metric"], price), d["pareto_metric"],
@@ -87,11 +88,17 @@ def main(argv=None) -> int:
                     "with --runs and no --run: the best of them)")
     ap.add_argument("--runs", default=None, help="comma-separated run ids to compare (default: the run's comparison, "
                     "else the latest run of each method)")
+    ap.add_argument("--sweep", default=None, help="write the sweep report of this sweep id instead")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_intermixed_args(argv)
     try:
         cfg = compose(args.overrides)
         results = Path(cfg.paths.results)
+        if args.sweep:
+            from experiments.report import sweep
+
+            print(f"[report] {sweep.write_sweep_report(cfg, args.sweep)}")
+            return 0
         named = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
         if named and not args.run:
             rows = []

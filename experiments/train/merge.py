@@ -1,4 +1,5 @@
-"""`make merge [RUN=...]`: fold a run's adapter into its base model with Axolotl's own merge.
+"""`make merge [RUN=...] [CHECKPOINT=best|<step>]`: fold a run's adapter (the final one, or a saved
+checkpoint) into its base model with Axolotl's own merge.
 
 Writes results/<run>/merged/ (weights, tokenizer, chat template). Axolotl writes into a scratch
 folder first and the result is moved into place in one rename, so an interrupted merge never
@@ -16,6 +17,7 @@ from pathlib import Path
 from experiments.core import envs
 from experiments.core import fingerprint, runs
 from experiments.core.config import ConfigError, compose
+from experiments.train import checkpoints
 from experiments.tracking.client import TrackingError, check_reachable, client_for
 
 # Files vLLM needs beside the weights; copied from the base model when the merge did not write them.
@@ -27,9 +29,43 @@ class MergeError(RuntimeError):
     pass
 
 
-def merge(run_dir: Path, venv: Path) -> Path:
+def merge_adapter(run_dir: Path, venv: Path, adapter: Path, dest: Path, log: Path) -> tuple[float, dict]:
+    """Axolotl's merge-lora of `adapter` on the run's base model into `dest` (scratch folder, then one
+    rename; tokenizer files copied from the base when missing; the folder must render and tokenize like
+    training did). Returns (wall time s, the folder's fingerprints incl. its weights' digest)."""
     info = runs.read_json(run_dir / runs.RUN_JSON)
-    adapter = run_dir / "adapter"
+    scratch = dest.with_name(f".{dest.name}.merge-tmp")
+    shutil.rmtree(scratch, ignore_errors=True)
+    cmd = [str(envs.python("train", venv)), "-m", "axolotl.cli.merge_lora", str(run_dir / "axolotl.yaml"),
+           f"--lora_model_dir={adapter}", f"--output_dir={scratch}"]
+    print("[merge] " + " ".join(cmd), flush=True)
+    start = time.time()
+    with open(log, "ab") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=envs.subprocess_env()).returncode
+    out = scratch / "merged"
+    if rc != 0 or not (out / "config.json").exists():
+        raise MergeError(f"axolotl merge-lora exited {rc}; log: {log}")
+    base = Path(info["model_path"])
+    for name in TOKENIZER_FILES:  # a hub base has no local folder: then the merge's own copy stands
+        if not (out / name).exists() and (base / name).exists():
+            shutil.copy2(base / name, out / name)
+    try:  # the merged folder must render and tokenize like training did
+        fp = fingerprint.check_folder(info.get("fingerprints"), out, "the merged model")
+    except fingerprint.FingerprintError as exc:
+        raise MergeError(f"{exc} (scratch copy left in {out})") from None
+    fp["weights"] = fingerprint.weights_digest(out)
+    out.rename(dest)
+    shutil.rmtree(scratch, ignore_errors=True)
+    fp = {**fp, "chat_template_file": fp["chat_template_file"].replace(str(out), str(dest)),
+          "tokenizer_files": [f.replace(str(out), str(dest)) for f in fp["tokenizer_files"]]}
+    return round(time.time() - start, 2), fp
+
+
+def merge(run_dir: Path, venv: Path, checkpoint: dict | None = None) -> Path:
+    """merged/ from the final adapter, or from `checkpoint` ({step, name, path} of
+    experiments.train.checkpoints) when one is chosen (`make merge CHECKPOINT=best|<step>`)."""
+    info = runs.read_json(run_dir / runs.RUN_JSON)
+    adapter = Path(checkpoint["path"]) if checkpoint else run_dir / "adapter"
     merged = run_dir / "merged"
     if not (adapter / "adapter_config.json").exists():
         raise MergeError(f"{adapter}: run {info['run_id']} has no adapter to merge (did its training finish?)")
@@ -42,34 +78,11 @@ def merge(run_dir: Path, venv: Path) -> Path:
                          f"not done; resume it with `make train RESUME={info['run_id']}`")
     if (merged / "config.json").exists():
         raise MergeError(f"{merged} already exists; nothing to do (delete it to merge again)")
-    scratch = run_dir / ".merge-tmp"
-    shutil.rmtree(scratch, ignore_errors=True)
-    cmd = [str(envs.python("train", venv)), "-m", "axolotl.cli.merge_lora", str(run_dir / "axolotl.yaml"),
-           f"--lora_model_dir={adapter}", f"--output_dir={scratch}"]
-    print("[merge] " + " ".join(cmd), flush=True)
-    start = time.time()
-    with open(run_dir / "merge.log", "ab") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=envs.subprocess_env()).returncode
-    out = scratch / "merged"
-    if rc != 0 or not (out / "config.json").exists():
-        raise MergeError(f"axolotl merge-lora exited {rc}; log: {run_dir / 'merge.log'}")
-    base = Path(info["model_path"])
-    for name in TOKENIZER_FILES:  # a hub base has no local folder: then the merge's own copy stands
-        if not (out / name).exists() and (base / name).exists():
-            shutil.copy2(base / name, out / name)
-    try:  # the merged folder must render and tokenize like training did
-        fp = fingerprint.check_folder(info.get("fingerprints"), out, "the merged model")
-    except fingerprint.FingerprintError as exc:
-        raise MergeError(f"{exc} (scratch copy left in {out})") from None
-    fp["weights"] = fingerprint.weights_digest(out)
-    out.rename(merged)
-    shutil.rmtree(scratch, ignore_errors=True)
-    wall = round(time.time() - start, 2)
-    fp = {**fp, "chat_template_file": fp["chat_template_file"].replace(str(out), str(merged)),
-          "tokenizer_files": [f.replace(str(out), str(merged)) for f in fp["tokenizer_files"]]}
-    runs.update_run_json(run_dir, stages={"merge": "done"},
-                         merge={"path": str(merged), "wall_time_s": wall, "fingerprints": fp})
-    print(f"[merge] {merged} ({wall} s)")
+    wall, fp = merge_adapter(run_dir, venv, adapter, merged, run_dir / "merge.log")
+    chosen = {"checkpoint": checkpoint["name"], "step": checkpoint["step"]} if checkpoint else {}
+    runs.update_run_json(run_dir, stages={"merge": "done"}, merge={"path": str(merged), "wall_time_s": wall,
+                                                                  "fingerprints": fp, "adapter": str(adapter), **chosen})
+    print(f"[merge] {merged} from {adapter} ({wall} s)")
     return merged
 
 
@@ -88,18 +101,24 @@ def record_in_mlflow(run_dir: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Merge a run's adapter into its base model (Axolotl merge-lora)")
     ap.add_argument("--run", default=None, help="run id or folder (default: results/latest)")
+    ap.add_argument("--checkpoint", default=None, help="best (by report.best_by=bfcl/<column>), a step or a "
+                    "checkpoint name; default: the final adapter")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (profile=..., tracking=...)")
     args = ap.parse_intermixed_args(argv)
     try:
         cfg = compose(args.overrides)
         run_dir = runs.resolve_run(Path(cfg.paths.results), args.run)
-        merge(run_dir, Path(cfg.paths.venv))
+        chosen = None
+        if args.checkpoint:
+            chosen = checkpoints.resolve(run_dir, args.checkpoint, str(cfg.report.best_by), str(cfg.report.best_goal))
+            print(f"[merge] CHECKPOINT={args.checkpoint}: {chosen['name']} (step {chosen['step']})", flush=True)
+        merge(run_dir, Path(cfg.paths.venv), chosen)
         try:
             record_in_mlflow(run_dir)
         except (TrackingError, Exception) as exc:  # the merged model stays; only the record is missing
             print(f"[merge] warning: the merge of {run_dir.name} is not recorded in MLflow ({exc}); "
                   f"the merged model is in {run_dir / 'merged'}", file=sys.stderr)
-    except (ConfigError, runs.RunError, MergeError, FileNotFoundError) as exc:
+    except (ConfigError, runs.RunError, MergeError, checkpoints.CheckpointError, FileNotFoundError) as exc:
         print(f"[merge] error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -271,7 +271,7 @@ def train(overrides: Sequence[str]) -> Path:
         "run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "method": cfg.method.name, "model": cfg.model.name, "model_path": cfg.model.path,
         "data": cfg.data.name, "profile": cfg.profile.name, "launcher": cfg.launcher.name,
-        "comparison": cfg.run.comparison, "overrides": list(overrides), "launch": launch_info(cfg, ax),
+        "comparison": cfg.run.comparison, "sweep": cfg.run.get("sweep"), "overrides": list(overrides), "launch": launch_info(cfg, ax),
         "mlflow": {"tracking_uri": cfg.tracking.uri, "experiment": cfg.tracking.experiment, "train_run_id": tracker.run_id},
         "stages": {"train": "running"}, "stage_owners": {"train": runs.owner()},
     })
