@@ -166,8 +166,9 @@ def test_serving_tables_equal_bench_summaries(two_methods):
     body = section(text, "Serving")
     out = dora / "bench" / KIND / "latest"
     labels = [str(x) for x in pd.read_csv(out / "sweep.csv")["label"]]  # the latest bench's levels
-    load, latency, little = tables(body)
+    load, latency, little, *server = tables(body)  # then the server view (vLLM /metrics), tested in test_server_metrics
     assert [r["level"] for r in load] == labels
+    assert all([r["level"] for r in t] == labels for t in server[:1]), server[:1]
     for row in load:
         s = read_json(out / f"summary_{row['level']}.json")
         for col, value in {"requests": s["requests"]["total"], "errors": s["requests"]["failed"],

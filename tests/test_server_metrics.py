@@ -176,7 +176,7 @@ def test_queue_time_rises_with_concurrency(measured):
     # Two sequences at a time: at concurrency 4 about half the requests wait for a whole request
     # (tens of ms or more here); at 1 a request only waits for the scheduler's next step.
     assert q4 > 10 * q1 and q4 > 5.0, (q1, q4)
-    assert levels["plain_c4"]["server"]["requests_waiting"]["max"] >= 1
+    # (The waiting gauge is sampled every 0.25 s and may miss short queues: the histogram above is exact.)
 
 
 def test_prefix_cache_hits_a_shared_system_prompt(measured):
@@ -191,7 +191,8 @@ def test_no_metrics_endpoint_is_reported_not_fatal(tmp_path):
     url = f"http://127.0.0.1:{free_port()}"            # nothing listens: requests and scrapes fail
     [s] = run_bench(url, "m", tmp_path, concurrencies=[1], num_requests=2, progress=False, server_metrics=SCRAPE,
                     workload={"name": "synthetic", "seed": 0, "input_tokens": 4, "max_tokens": 2})
-    assert s["requests"]["failed"] == 2
+    # The client stops a level once the server is gone (no /health), so not every request is sent.
+    assert s["server_gone"] and s["requests"]["failed"] == s["requests"]["total"] >= 1, s["requests"]
     assert s["server"]["available"] is False and "Connect" in s["server"]["reason"]
     assert s["server_checks"] == {"available": False}
     assert len(srv.read_jsonl(tmp_path / "server_metrics_c1.jsonl")) == 1
