@@ -11,7 +11,7 @@ from conftest import SHORT_TRAIN, hydra_args, make, read_json
 def chain(tmp_path_factory):
     results = tmp_path_factory.mktemp("all-results")
     env = {"RESULTS_DIR": str(results)}
-    first = make("all", "METHOD=dora", hydra_args(*SHORT_TRAIN, "agree.enabled=true", "bench.concurrency=[1,4]", "bench.num_requests=12"),
+    first = make("all", "METHOD=dora", hydra_args(*SHORT_TRAIN, "bench.concurrency=[1,4]", "bench.num_requests=12"),
                  env=env, timeout=3600)
     run = (results / "latest").resolve()
     return results, run, first, env

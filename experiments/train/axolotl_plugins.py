@@ -115,6 +115,10 @@ class _RecorderCallback(_recorder_callback_base()):
             json.dump(info, f, indent=2)
         os.replace(path + ".tmp", path)
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            _write_quantized_weights(self.trainer.model, self.output_dir)
+
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == 1:  # the DDP wrapper exists once the first step ran
             self._write_rank(state, "training")
@@ -140,6 +144,33 @@ class _RecorderCallback(_recorder_callback_base()):
 
 
 EVAL_SPLIT = "eval_split.json"
+
+
+def _write_quantized_weights(model, output_dir) -> None:
+    """`<output_dir>/quantized_weights.json`: the base weights the trainer held in 4 bits (bitsandbytes
+    Params4bit), in the base checkpoint's names, and how they were quantized (quant type, double
+    quantization, block size). `make merge` replays exactly that rounding and keeps every other weight
+    at its base value (experiments.train.qlora_merge). Written only when some weight is quantized."""
+    import json
+
+    from experiments.train.qlora_merge import QUANTIZED_WEIGHTS
+
+    names, settings = [], set()
+    for name, param in model.named_parameters():
+        if type(param).__name__ == "Params4bit":
+            names.append(name.removeprefix("base_model.model.").replace(".base_layer.", "."))
+            settings.add((param.quant_type, bool(param.compress_statistics), int(param.blocksize)))
+    if not names:
+        return
+    if len(settings) != 1:
+        raise RuntimeError(f"4-bit weights quantized with different settings {sorted(settings)}: the merge cannot replay them")
+    [(quant_type, double_quant, blocksize)] = settings
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, QUANTIZED_WEIGHTS)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"format": "bitsandbytes 4-bit", "quant_type": quant_type, "double_quant": double_quant,
+                   "blocksize": blocksize, "weights": sorted(names)}, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def _write_eval_split(trainer, cfg, state, output_dir) -> None:

@@ -8,16 +8,20 @@ leaves a half-merged model that `make serve` would pick up; merging twice is ref
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from experiments.core import envs
 from experiments.core import fingerprint, runs
 from experiments.core.config import ConfigError, compose
 from experiments.train import checkpoints
+from experiments.train.qlora_merge import QUANTIZED_WEIGHTS
 from experiments.tracking.client import TrackingError, check_reachable, client_for
 
 # Files vLLM needs beside the weights; copied from the base model when the merge did not write them.
@@ -36,7 +40,8 @@ def merge_adapter(run_dir: Path, venv: Path, adapter: Path, dest: Path, log: Pat
     info = runs.read_json(run_dir / runs.RUN_JSON)
     scratch = dest.with_name(f".{dest.name}.merge-tmp")
     shutil.rmtree(scratch, ignore_errors=True)
-    cmd = [str(envs.python("train", venv)), "-m", "axolotl.cli.merge_lora", str(run_dir / "axolotl.yaml"),
+    scratch.mkdir(parents=True)
+    cmd = [str(envs.python("train", venv)), "-m", "axolotl.cli.merge_lora", str(merge_config(run_dir, adapter, scratch)),
            f"--lora_model_dir={adapter}", f"--output_dir={scratch}"]
     print("[merge] " + " ".join(cmd), flush=True)
     start = time.time()
@@ -49,16 +54,66 @@ def merge_adapter(run_dir: Path, venv: Path, adapter: Path, dest: Path, log: Pat
     for name in TOKENIZER_FILES:  # a hub base has no local folder: then the merge's own copy stands
         if not (out / name).exists() and (base / name).exists():
             shutil.copy2(base / name, out / name)
+    restored = restore_unquantized(run_dir, venv, adapter, out, info["model_path"], log)
     try:  # the merged folder must render and tokenize like training did
         fp = fingerprint.check_folder(info.get("fingerprints"), out, "the merged model")
     except fingerprint.FingerprintError as exc:
         raise MergeError(f"{exc} (scratch copy left in {out})") from None
     fp["weights"] = fingerprint.weights_digest(out)
+    if restored is not None:
+        fp["qlora_restored"] = restored
     out.rename(dest)
     shutil.rmtree(scratch, ignore_errors=True)
     fp = {**fp, "chat_template_file": fp["chat_template_file"].replace(str(out), str(dest)),
           "tokenizer_files": [f.replace(str(out), str(dest)) for f in fp["tokenizer_files"]]}
     return round(time.time() - start, 2), fp
+
+
+def nf4_settings(quantized: dict) -> dict:
+    """Pure: the bnb_config_kwargs that make Axolotl's merge replay the trainer's 4-bit rounding.
+
+    Axolotl 0.19's merge reads double quantization as `getattr(cfg, "bnb_4bit_use_double_quant", True)`
+    on a DictDefault, which answers None for a missing key: it rounds without double quantization while
+    training (Axolotl's own default) used it, which moved the tiny model's merged weights by up to 3e-3."""
+    return {"bnb_4bit_quant_type": quantized["quant_type"], "bnb_4bit_use_double_quant": quantized["double_quant"],
+            "blocksize": quantized["blocksize"]}
+
+
+def merge_config(run_dir: Path, adapter: Path, scratch: Path) -> Path:
+    """The run's axolotl.yaml, for QLoRA with the 4-bit settings training recorded (nf4_settings)."""
+    quantized = Path(run_dir) / "adapter" / QUANTIZED_WEIGHTS  # a run-level record (also for checkpoints)
+    if not quantized.is_file() or "double_quant" not in (q := json.loads(quantized.read_text())):
+        return run_dir / "axolotl.yaml"
+    ax = yaml.safe_load((run_dir / "axolotl.yaml").read_text())
+    ax["bnb_config_kwargs"] = {**(ax.get("bnb_config_kwargs") or {}), **nf4_settings(q)}
+    path = scratch / "axolotl-merge.yaml"
+    path.write_text(yaml.safe_dump(ax, sort_keys=False))
+    return path
+
+
+def restore_unquantized(run_dir: Path, venv: Path, adapter: Path, out: Path, base: str, log: Path) -> dict | None:
+    """QLoRA: Axolotl's merge also rounds weights training never quantized (embed_tokens, lm_head)
+    through NF4; put them back (experiments.train.qlora_merge). None when nothing was quantized."""
+    quantized = Path(run_dir) / "adapter" / QUANTIZED_WEIGHTS
+    if not quantized.is_file():
+        if (yaml.safe_load((Path(run_dir) / "axolotl.yaml").read_text()) or {}).get("load_in_4bit"):
+            print(f"[merge] warning: {quantized} missing (trained before it was recorded): the merged model keeps "
+                  "Axolotl's NF4 rounding of every weight, also those training kept in full precision", flush=True)
+        return None
+    cmd = [str(envs.python("train", venv)), "-m", "experiments.train.qlora_merge", str(out), str(base),
+           str(quantized), str(adapter)]
+    with open(log, "ab") as f:
+        f.write(("$ " + " ".join(cmd) + "\n").encode())
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, env=envs.subprocess_env(), text=True)
+        f.write(proc.stdout.encode())
+    if proc.returncode != 0:
+        raise MergeError(f"restoring the weights QLoRA training kept unquantized failed (exit {proc.returncode}); log: {log}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["restored"]:
+        print(f"[merge] QLoRA: {len(result['restored'])} weights training kept unquantized restored from the base "
+              f"({', '.join(result['restored'][:3])}{', ...' if len(result['restored']) > 3 else ''}; "
+              f"Axolotl's NF4 rounding had moved them by up to {result['max_abs_change_undone']:.3g})", flush=True)
+    return result
 
 
 def merge(run_dir: Path, venv: Path, checkpoint: dict | None = None) -> Path:
