@@ -13,7 +13,7 @@ fixed held-out prompts (never trained on). Learning must show on those rows:
 Measured here (2 shared cores, 10 steps): see README "SmolLM2 on this CPU". A wrong chat
 template (e.g. `axolotl.chat_template=chatml`: trained on another format than the one served)
 fails the second assertion.
-Slow: ~8-10 minutes on 2 free cores (build ~35 s, training ~3 min, two vLLM starts, two evals).
+Slow: ~7 minutes on 2 free cores (build ~35 s, training 155 s, two vLLM starts, two evals).
 """
 from __future__ import annotations
 
@@ -27,14 +27,13 @@ import jsonschema
 from conftest import free_port, hydra_args, make, read_json, start_server, stop_server
 from test_serve import WEATHER_TOOL, post
 
-# Opt-in until its thresholds are measured on a quiet machine (one run here took 41 min under a
-# load average of 20 and crashed before the learning asserts): RUN_SMOL_LEARNING=1 make test.
-pytestmark = pytest.mark.skipif(os.environ.get("RUN_SMOL_LEARNING") != "1",
-                                reason="slow real-model learning test; set RUN_SMOL_LEARNING=1")
+# Runs in CI (~7 min on 2 idle cores). SKIP_SMOL_LEARNING=1 skips it for a quick local run.
+pytestmark = pytest.mark.skipif(os.environ.get("SKIP_SMOL_LEARNING") == "1",
+                                reason="slow real-model learning test skipped (SKIP_SMOL_LEARNING=1)")
 
 STEPS = 10
-LOSS_MARGIN = 0.2      # measured: 0.88 -> 0.49 at 10 steps
-RIGHT_MARGIN = 3       # measured: see the module docstring / README
+LOSS_MARGIN = 0.2      # measured (idle machine, 2026-12-02): 0.814 -> 0.375 at 10 steps
+RIGHT_MARGIN = 3       # measured: right function on 0 -> 6 of 18 call rows (parsed 0 -> 12, exact arguments 0 -> 3)
 # The BFCL part of `make eval` is not what this test is about: one item keeps it short.
 TINY_BFCL = ["bfcl.categories=[simple_python]", "bfcl.name=custom", "bfcl.quick_per_category=2",
              "bfcl.heldout_max_tokens=128"]   # a call is 31-56 tokens; the base model writes to the cap
@@ -44,9 +43,11 @@ TINY_BFCL = ["bfcl.categories=[simple_python]", "bfcl.name=custom", "bfcl.quick_
 def smol_run(results_dir, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("smol-model") / "smollm2"
     run_id = "test-smol-lora"
+    # SMOL_TRAIN_ARGS="axolotl.chat_template=chatml": the negative run (trained on another format)
+    extra = os.environ.get("SMOL_TRAIN_ARGS", "").split()
     make("train", "METHOD=lora", hydra_args("model=smol", f"model.path={model_dir}", f"run.id={run_id}",
                                             f"axolotl.max_steps={STEPS}", f"axolotl.eval_steps={STEPS}",
-                                            f"axolotl.save_steps={STEPS}"), timeout=2400)
+                                            f"axolotl.save_steps={STEPS}", *extra), timeout=2400)
     run = results_dir / run_id
     make("merge", f"RUN={run_id}", timeout=900)
     for kind in ("base", "merged"):
