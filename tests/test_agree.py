@@ -124,6 +124,8 @@ def test_loss_arithmetic_is_the_trainers():
     tol32, _ = L.tolerance(10.0, "float32", "float32")
     tol16, basis = L.tolerance(10.0, "float32", "bfloat16")
     assert tol32 == pytest.approx(1e-4 + 1e-3) and tol16 == pytest.approx(1e-4 + 10 / 256) and "16-bit" in basis
+    both, basis = L.tolerance(10.0, "bfloat16", "bfloat16")  # two independently rounded sides
+    assert both == pytest.approx(1e-4 + 20 / 256) and "both sides" in basis
     with pytest.raises(ValueError, match="last eval ran at step 3"):
         L.reference_loss({"global_step": 6}, {"eval_loss_curve": [[3, 1.0]]})
     assert L.reference_loss({"saved_weights_eval_loss": 0.5, "best_global_step": 3}, {})[0] == 0.5
