@@ -83,10 +83,13 @@ def test_merge_config_replays_the_recorded_4bit_settings(tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     # no record (a LoRA run, or a QLoRA run trained before the record existed): the run's own file
-    assert merge.merge_config(run, run / "adapter", scratch) == run / "axolotl.yaml"
+    assert merge.quantized_record(run) is None
+    assert merge.merge_config(run, None, scratch) == run / "axolotl.yaml"
     (run / "adapter" / QUANTIZED_WEIGHTS).write_text(json.dumps(
         {"quant_type": "nf4", "double_quant": True, "blocksize": 64, "weights": ["x.weight"]}))
-    path = merge.merge_config(run, run / "adapter" / "checkpoint-3", scratch)  # checkpoints use the run's record
+    record = merge.quantized_record(run)  # the run's record, also when a checkpoint is merged
+    assert record == run / "adapter" / QUANTIZED_WEIGHTS
+    path = merge.merge_config(run, record, scratch)
     assert path.parent == scratch
     assert yaml.safe_load(path.read_text())["bnb_config_kwargs"] == {
         "bnb_4bit_quant_storage": "bfloat16", "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,

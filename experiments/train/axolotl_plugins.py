@@ -83,7 +83,6 @@ class _RecorderCallback(_recorder_callback_base()):
         self.rank = int(os.environ.get("RANK", "0"))
 
     def _write_rank(self, state, phase):
-        import json
         import torch.distributed as dist
 
         wrapped = getattr(self.trainer, "model_wrapped", None)
@@ -109,11 +108,7 @@ class _RecorderCallback(_recorder_callback_base()):
             # that saw different data (and world size / wrapper catch independent runs on the same data)
             **(_trainable_digest(self.trainer.model) if phase == "end" else {}),
         }
-        path = os.path.join(self.output_dir, "ranks", f"rank{self.rank}.json")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(info, f, indent=2)
-        os.replace(path + ".tmp", path)
+        _write_json(os.path.join(self.output_dir, "ranks", f"rank{self.rank}.json"), info, indent=2)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -151,8 +146,6 @@ def _write_quantized_weights(model, output_dir) -> None:
     Params4bit), in the base checkpoint's names, and how they were quantized (quant type, double
     quantization, block size). `make merge` replays exactly that rounding and keeps every other weight
     at its base value (experiments.train.qlora_merge). Written only when some weight is quantized."""
-    import json
-
     from experiments.train.qlora_merge import QUANTIZED_WEIGHTS
 
     names, settings = [], set()
@@ -165,12 +158,9 @@ def _write_quantized_weights(model, output_dir) -> None:
     if len(settings) != 1:
         raise RuntimeError(f"4-bit weights quantized with different settings {sorted(settings)}: the merge cannot replay them")
     [(quant_type, double_quant, blocksize)] = settings
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, QUANTIZED_WEIGHTS)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"format": "bitsandbytes 4-bit", "quant_type": quant_type, "double_quant": double_quant,
-                   "blocksize": blocksize, "weights": sorted(names)}, f, indent=1)
-    os.replace(path + ".tmp", path)
+    _write_json(os.path.join(output_dir, QUANTIZED_WEIGHTS),
+                {"format": "bitsandbytes 4-bit", "quant_type": quant_type, "double_quant": double_quant,
+                 "blocksize": blocksize, "weights": sorted(names)}, indent=1)
 
 
 def _write_eval_split(trainer, cfg, state, output_dir) -> None:
@@ -205,9 +195,16 @@ def _write_eval_split(trainer, cfg, state, output_dir) -> None:
             "best_metric": state.best_metric, "best_global_step": getattr(state, "best_global_step", None),
             "saved_weights_eval_loss": state.best_metric if with_best else None,
             "metric_for_best_model": trainer.args.metric_for_best_model}
-    path = os.path.join(output_dir, EVAL_SPLIT)
+    _write_json(os.path.join(output_dir, EVAL_SPLIT), info)
+
+
+def _write_json(path: str, obj, indent: int | None = None) -> None:
+    """Atomically (temp file, then rename), creating the folder."""
+    import json
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
-        json.dump(info, f)
+        json.dump(obj, f, indent=indent)
     os.replace(path + ".tmp", path)
 
 

@@ -41,7 +41,8 @@ def merge_adapter(run_dir: Path, venv: Path, adapter: Path, dest: Path, log: Pat
     scratch = dest.with_name(f".{dest.name}.merge-tmp")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    cmd = [str(envs.python("train", venv)), "-m", "axolotl.cli.merge_lora", str(merge_config(run_dir, adapter, scratch)),
+    quantized = quantized_record(run_dir)
+    cmd = [str(envs.python("train", venv)), "-m", "axolotl.cli.merge_lora", str(merge_config(run_dir, quantized, scratch)),
            f"--lora_model_dir={adapter}", f"--output_dir={scratch}"]
     print("[merge] " + " ".join(cmd), flush=True)
     start = time.time()
@@ -54,7 +55,7 @@ def merge_adapter(run_dir: Path, venv: Path, adapter: Path, dest: Path, log: Pat
     for name in TOKENIZER_FILES:  # a hub base has no local folder: then the merge's own copy stands
         if not (out / name).exists() and (base / name).exists():
             shutil.copy2(base / name, out / name)
-    restored = restore_unquantized(run_dir, venv, adapter, out, info["model_path"], log)
+    restored = None if quantized is None else restore_unquantized(venv, quantized, adapter, out, info["model_path"], log)
     try:  # the merged folder must render and tokenize like training did
         fp = fingerprint.check_folder(info.get("fingerprints"), out, "the merged model")
     except fingerprint.FingerprintError as exc:
@@ -79,27 +80,32 @@ def nf4_settings(quantized: dict) -> dict:
             "blocksize": quantized["blocksize"]}
 
 
-def merge_config(run_dir: Path, adapter: Path, scratch: Path) -> Path:
+def quantized_record(run_dir: Path) -> Path | None:
+    """adapter/quantized_weights.json (written by the run recorder; a run-level record, also used for
+    checkpoints), or None when training quantized nothing."""
+    path = Path(run_dir) / "adapter" / QUANTIZED_WEIGHTS
+    if path.is_file():
+        return path
+    if (yaml.safe_load((Path(run_dir) / "axolotl.yaml").read_text()) or {}).get("load_in_4bit"):
+        print(f"[merge] warning: {path} missing (trained before it was recorded): the merged model keeps "
+              "Axolotl's NF4 rounding of every weight, also those training kept in full precision", flush=True)
+    return None
+
+
+def merge_config(run_dir: Path, quantized: Path | None, scratch: Path) -> Path:
     """The run's axolotl.yaml, for QLoRA with the 4-bit settings training recorded (nf4_settings)."""
-    quantized = Path(run_dir) / "adapter" / QUANTIZED_WEIGHTS  # a run-level record (also for checkpoints)
-    if not quantized.is_file() or "double_quant" not in (q := json.loads(quantized.read_text())):
+    if quantized is None:
         return run_dir / "axolotl.yaml"
     ax = yaml.safe_load((run_dir / "axolotl.yaml").read_text())
-    ax["bnb_config_kwargs"] = {**(ax.get("bnb_config_kwargs") or {}), **nf4_settings(q)}
+    ax["bnb_config_kwargs"] = {**(ax.get("bnb_config_kwargs") or {}), **nf4_settings(json.loads(quantized.read_text()))}
     path = scratch / "axolotl-merge.yaml"
     path.write_text(yaml.safe_dump(ax, sort_keys=False))
     return path
 
 
-def restore_unquantized(run_dir: Path, venv: Path, adapter: Path, out: Path, base: str, log: Path) -> dict | None:
+def restore_unquantized(venv: Path, quantized: Path, adapter: Path, out: Path, base: str, log: Path) -> dict:
     """QLoRA: Axolotl's merge also rounds weights training never quantized (embed_tokens, lm_head)
-    through NF4; put them back (experiments.train.qlora_merge). None when nothing was quantized."""
-    quantized = Path(run_dir) / "adapter" / QUANTIZED_WEIGHTS
-    if not quantized.is_file():
-        if (yaml.safe_load((Path(run_dir) / "axolotl.yaml").read_text()) or {}).get("load_in_4bit"):
-            print(f"[merge] warning: {quantized} missing (trained before it was recorded): the merged model keeps "
-                  "Axolotl's NF4 rounding of every weight, also those training kept in full precision", flush=True)
-        return None
+    through NF4; put them back (experiments.train.qlora_merge)."""
     cmd = [str(envs.python("train", venv)), "-m", "experiments.train.qlora_merge", str(out), str(base),
            str(quantized), str(adapter)]
     with open(log, "ab") as f:
