@@ -88,7 +88,7 @@ def test_agree_writes_agree_json_and_mlflow_then_adapter_equals_merged(cfg, qlor
     am = final["adapter_vs_merged"]
     # QLoRA: the merged folder is the peft model on the 4-bit base as trained (the merge replays the
     # trainer's NF4 rounding and restores what training kept in full precision), so it must agree
-    assert am["prompts"] == 8 and "4-bit base" in am["how"] and am["ok"], am
+    assert am["prompts"] == 8 and "4-bit base" in am["how"] and am["ok"] and am["gating"], am
     assert am["identical"] == 8 or am["max_logprob_diff"] <= am["tolerance"], am
     restored = read_json(qlora_run / "run.json")["merge"]["fingerprints"]["qlora_restored"]
     assert "model.embed_tokens.weight" in restored["restored"] and restored["quantized_in_training"] > 0, restored
@@ -109,6 +109,15 @@ def test_disagreeing_adapter_logprobs_fail_the_comparison():
     assert same == {"prompts": 1, "identical": 1, "max_logprob_diff": 0.0}
     parted = adapter.compare(merged, [[5, 7]], [[-1.0, -2.7]])
     assert parted["identical"] == 0 and abs(parted["max_logprob_diff"] - 0.7) < 1e-12
+
+
+def test_adapter_mismatch_gates_in_float32_and_is_recorded_in_16_bit():
+    loss_ok = {"ok": True}
+    bad = {"prompts": 8, "identical": 5, "max_logprob_diff": 0.5, "ok": False, "why": "3 of 8 differ"}
+    assert agree_stage.problems_of({"loss": loss_ok, "adapter_vs_merged": {**bad, "gating": True}}) == ["adapter != merged: 3 of 8 differ"]
+    assert agree_stage.problems_of({"loss": loss_ok, "adapter_vs_merged": {**bad, "gating": False}}) == []
+    assert agree_stage.problems_of({"loss": loss_ok, "adapter_vs_merged": {**bad, "ok": True, "gating": True}}) == []
+    assert agree_stage.problems_of({"loss": loss_ok, "adapter_vs_merged": {"skipped": "DoRA"}}) == []
 
 
 def test_loss_arithmetic_is_the_trainers():

@@ -19,6 +19,10 @@ def test_method_trains_and_is_tracked(method, trained_run):
     assert ("peft_use_dora: true" in ax) == (method == "dora")
     assert ("load_in_4bit: true" in ax) == (method != "dora")
 
+    data = read_json(run / "data" / "data_report.json")  # the train split's statistics, not the eval split's
+    assert data["packing"]["rows_written"] == data["train_rows"] and data["heldout"]["rows"] > 0
+    assert data["heldout"]["rows"] < data["packing"]["rows_prepared"] <= data["train_rows"], data["packing"]
+
     metrics = read_json(run / "train_metrics.json")
     assert metrics["steps"] == 6
     assert metrics["final_train_loss"] > 0 and metrics["final_eval_loss"] > 0

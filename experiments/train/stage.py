@@ -147,7 +147,8 @@ def record_packing(cfg: DictConfig, ax: dict, run_dir: Path, tracker) -> None:
     report_path = run_dir / "data" / "data_report.json"
     report = runs.read_json(report_path)
     cmd = [str(envs.python("train", Path(cfg.paths.venv))), "-m", "experiments.train.packing_stats",
-           str(ax["dataset_prepared_path"]), "--rows-written", str(report["rows_out"]),
+           str(ax["dataset_prepared_path"]), "--axolotl-config", str(run_dir / "axolotl.yaml"),
+           "--rows-written", str(report.get("train_rows", report["rows_out"])),  # the held-out rows are not in it
            "--sequence-len", str(ax["sequence_len"]), "--micro-batch-size", str(ax.get("micro_batch_size") or 1),
            "--bin-size", str(ax.get("sample_packing_bin_size") or 200),
            "--group-size", str(ax.get("sample_packing_group_size") or 100_000), "--seed", str(ax.get("seed") or 0)]
