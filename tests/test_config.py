@@ -11,6 +11,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from experiments.train.axolotl_config import CombinationError, build_axolotl_config
+from experiments.core.cpu import native_bf16
 from experiments.core.config import ConfigError, compose
 from experiments.core.envs import subprocess_env
 
@@ -66,8 +67,11 @@ def test_lora_inherits_and_trains_bf16_on_cpu_through_a_plugin():
     gpu, cpu = (compose(["method=lora", f"profile={p}"]).axolotl for p in ("h100", "cpu"))
     assert gpu.adapter == cpu.adapter == "lora" and not gpu.load_in_4bit and gpu.bf16 == "auto"
     assert len(gpu.lora_target_modules) == 7 and gpu.lora_r == compose(["method=qlora", "profile=h100"]).axolotl.lora_r
-    # conf/profile_method/cpu_lora.yaml (Hydra specialisation): bf16 weights, use_cpu from the plugin
-    assert cpu.bf16 is True and cpu.plugins[-1] == "experiments.train.axolotl_plugins.CpuBf16Plugin"
+    # conf/profile_method/cpu_lora.yaml (Hydra specialisation): bf16 weights where this CPU computes
+    # bf16 natively, use_cpu from the plugin; a hand-set value wins over the probe
+    assert cpu.bf16 is native_bf16() and cpu.plugins[-1] == "experiments.train.axolotl_plugins.CpuBf16Plugin"
+    for forced in (True, False):
+        assert compose(["method=lora", "profile=cpu", f"axolotl.bf16={forced}"]).axolotl.bf16 is forced
     assert cpu.attn_implementation == "sdpa" and cpu.lora_mlp_kernel is False   # the profile still applies
     dora = compose(["method=dora", "profile=cpu"]).axolotl
     assert dora.bf16 is False and not any("CpuBf16" in p for p in dora.plugins)  # lora's combination only
@@ -138,3 +142,16 @@ def test_make_train_rejects_bad_input_fast_and_leaves_nothing(results_dir):
         assert expected in proc.stderr, proc.stderr[-2000:]
         assert time.time() - start < 60  # seconds, not a model load
     assert set(results_dir.iterdir()) - before <= {results_dir / "mlflow.db", results_dir / "mlartifacts"}
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu sse2 avx2 fma avx512f avx512bw amx_bf16 amx_tile", True),     # Sapphire Rapids
+    ("fpu sse2 avx2 avx512f avx512_bf16", True),                          # Zen 4 / Cooper Lake
+    ("fpu sse2 avx2 fma avx512f avx512bw avx512_vnni", False),           # AVX-512 without bf16
+    ("fpu sse2 avx2 fma vaes vpclmulqdq", False),                         # AVX2 only (Zen 3)
+])
+def test_native_bf16_reads_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert native_bf16(cpuinfo) is native
+    assert native_bf16(tmp_path / "missing") is False     # not Linux: fp32, the safe choice

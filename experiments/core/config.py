@@ -10,7 +10,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from experiments.core.cpu import native_bf16
 from experiments.core.paths import CONF_DIR, REPO_ROOT
+
+# `${cpu_bf16:}`: this CPU computes bf16 natively (conf/profile_method/cpu_lora.yaml).
+OmegaConf.register_new_resolver("cpu_bf16", native_bf16, replace=True)
 
 
 class ConfigError(ValueError):
