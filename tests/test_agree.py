@@ -120,6 +120,14 @@ def test_adapter_mismatch_gates_in_float32_and_is_recorded_in_16_bit():
     assert agree_stage.problems_of({"loss": loss_ok, "adapter_vs_merged": {"skipped": "DoRA"}}) == []
 
 
+@pytest.mark.parametrize("train, served, gating", [("float32", "float32", True), ("float32", "bfloat16", False),
+                                                    ("bfloat16", "float32", False), ("float32", "unknown", False)])
+def test_lora_adapter_gates_only_where_training_and_serving_are_float32(train, served, gating):
+    tol, how = adapter.lora_tolerance(train, served)
+    assert (tol == adapter.LORA_TOL) is gating and (tol == adapter.LORA_TOL_HALF) is not gating
+    assert gating or (train in how and served in how)
+
+
 def test_loss_arithmetic_is_the_trainers():
     # two batches: (rows 0, 1) and (row 2); per batch token mean, then mean weighted by batch size
     per_row = {0: (6.0, 2), 1: (4.0, 2), 2: (1.0, 1)}

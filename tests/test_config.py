@@ -72,6 +72,9 @@ def test_lora_inherits_and_trains_bf16_on_cpu_through_a_plugin():
     assert cpu.bf16 is native_bf16() and cpu.plugins[-1] == "experiments.train.axolotl_plugins.CpuBf16Plugin"
     for forced in (True, False):
         assert compose(["method=lora", "profile=cpu", f"axolotl.bf16={forced}"]).axolotl.bf16 is forced
+    # model=smol is served in the dtype this CPU computes fast; the tiny model keeps vLLM's choice
+    assert compose(["profile=cpu", "model=smol"]).serve.dtype == ("bfloat16" if native_bf16() else "float32")
+    assert compose(["profile=cpu"]).serve.dtype == compose(["profile=h100", "model=smol"]).serve.dtype == "auto"
     assert cpu.attn_implementation == "sdpa" and cpu.lora_mlp_kernel is False   # the profile still applies
     dora = compose(["method=dora", "profile=cpu"]).axolotl
     assert dora.bf16 is False and not any("CpuBf16" in p for p in dora.plugins)  # lora's combination only

@@ -171,7 +171,8 @@ def finish_adapter(cfg: DictConfig, run_dir: Path) -> dict:
         side = Path(run_dir) / "agree_merged_side.json"
         merged = None if adapter.is_dora(run_dir) else runs.read_json(side)
         print(f"[agree] adapter = merged: {cfg.agree.prompts} prompts, greedy", flush=True)
-        result["adapter_vs_merged"] = adapter.check(cfg, run_dir, merged, result["loss"]["train_dtype"])
+        result["adapter_vs_merged"] = adapter.check(cfg, run_dir, merged, result["loss"]["train_dtype"],
+                                                     result["loss"].get("served_dtype", "unknown"))
         runs.write_json_atomic(Path(run_dir) / AGREE, result)
     runs.update_run_json(run_dir, stages={"agree": "done" if agreed(result) else "failed"})
     problems = problems_of(result)

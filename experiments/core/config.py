@@ -15,6 +15,8 @@ from experiments.core.paths import CONF_DIR, REPO_ROOT
 
 # `${cpu_bf16:}`: this CPU computes bf16 natively (conf/profile_method/cpu_lora.yaml).
 OmegaConf.register_new_resolver("cpu_bf16", native_bf16, replace=True)
+# `${cpu_dtype:}`: bfloat16 where this CPU computes it natively, else float32 (conf/profile_model/cpu_smol.yaml).
+OmegaConf.register_new_resolver("cpu_dtype", lambda: "bfloat16" if native_bf16() else "float32", replace=True)
 
 
 class ConfigError(ValueError):
